@@ -1,0 +1,161 @@
+//! The ICE server list of PROTOCOL.md section 1: RTCPeerConnection configuration that also
+//! satisfies the TURN REST API draft.
+
+use serde::Serialize;
+
+use crate::credentials::{self, SecretSet};
+
+/// One RTCIceServer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The whole answer of `/v1/ice-servers` and `callbox credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServers {
+    pub ice_servers: Vec<IceServer>,
+    pub username: String,
+    pub password: String,
+    pub ttl: u64,
+    pub uris: Vec<String>,
+    pub expires_at: String,
+}
+
+/// The enabled TURN listeners to advertise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnEndpoints {
+    /// Host name or address literal (IPv6 without brackets).
+    pub host: String,
+    pub udp_port: Option<u16>,
+    pub tcp_port: Option<u16>,
+    pub tls_port: Option<u16>,
+}
+
+fn host_part(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+impl TurnEndpoints {
+    pub fn stun_urls(&self) -> Vec<String> {
+        let h = host_part(&self.host);
+        self.udp_port
+            .or(self.tcp_port)
+            .map(|p| format!("stun:{h}:{p}"))
+            .into_iter()
+            .collect()
+    }
+
+    pub fn turn_urls(&self) -> Vec<String> {
+        let h = host_part(&self.host);
+        let mut v = Vec::new();
+        if let Some(p) = self.udp_port {
+            v.push(format!("turn:{h}:{p}?transport=udp"));
+        }
+        if let Some(p) = self.tcp_port {
+            v.push(format!("turn:{h}:{p}?transport=tcp"));
+        }
+        if let Some(p) = self.tls_port {
+            v.push(format!("turns:{h}:{p}?transport=tcp"));
+        }
+        v
+    }
+}
+
+/// Builds the list for `user`, valid for `ttl` seconds from `now` (unix seconds).
+pub fn build(endpoints: &TurnEndpoints, secrets: &SecretSet, user: &str, now: u64, ttl: u64) -> IceServers {
+    let (username, password) = credentials::mint(secrets.signing(), user, now, ttl);
+    let turn_urls = endpoints.turn_urls();
+    let mut ice_servers = Vec::new();
+    let stun = endpoints.stun_urls();
+    if !stun.is_empty() {
+        ice_servers.push(IceServer {
+            urls: stun,
+            username: None,
+            credential: None,
+        });
+    }
+    if !turn_urls.is_empty() {
+        ice_servers.push(IceServer {
+            urls: turn_urls.clone(),
+            username: Some(username.clone()),
+            credential: Some(password.clone()),
+        });
+    }
+    IceServers {
+        ice_servers,
+        username,
+        password,
+        ttl,
+        uris: turn_urls,
+        expires_at: rfc3339_utc(now.saturating_add(ttl)),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+pub fn rfc3339_utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_795_303_266), "2026-11-21T23:21:06Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn shape_matches_protocol() {
+        let ep = TurnEndpoints {
+            host: "turn.example.com".into(),
+            udp_port: Some(3478),
+            tcp_port: None,
+            tls_port: None,
+        };
+        let set = SecretSet::new(vec![Secret::new("s")]).unwrap();
+        let list = build(&ep, &set, "alice", 1_795_216_866, 86_400);
+        let v = serde_json::to_value(&list).unwrap();
+        assert_eq!(v["username"], "1795303266:alice");
+        assert_eq!(v["ttl"], 86_400);
+        assert_eq!(v["expiresAt"], "2026-11-21T23:21:06Z");
+        assert_eq!(v["iceServers"][0]["urls"][0], "stun:turn.example.com:3478");
+        assert!(v["iceServers"][0].get("username").is_none());
+        assert_eq!(v["iceServers"][1]["urls"][0], "turn:turn.example.com:3478?transport=udp");
+        assert_eq!(v["iceServers"][1]["credential"], v["password"]);
+        assert_eq!(v["uris"].as_array().unwrap().len(), 1, "only enabled listeners");
+        assert!(set.verify_password(&list.username, &list.password, 1_795_216_866));
+        let v6 = TurnEndpoints { host: "2001:db8::1".into(), ..ep };
+        assert_eq!(v6.stun_urls()[0], "stun:[2001:db8::1]:3478");
+    }
+}

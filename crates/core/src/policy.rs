@@ -1,0 +1,320 @@
+//! Which peer addresses the relay may send to (PROTOCOL.md section 3).
+//!
+//! Order of the rules, first match wins:
+//! 1. an address in `deny` is refused;
+//! 2. the server's own addresses are refused on its own ports (listeners and relay range),
+//!    so the relay can never be pointed at itself, even where `allow` covers the address;
+//! 3. an address in `allow` is allowed;
+//! 4. the server's own addresses on other ports, and the default-denied ranges, are refused;
+//! 5. everything else is allowed.
+//!
+//! IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible forms are judged as the IPv4 address
+//! they carry, so no IPv6 spelling reaches a denied IPv4 range.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An IP network: address and prefix length. A bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why a CIDR string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{0}` is not an IP address")]
+    Address(String),
+    #[error("prefix length `{0}` is not a number from 0 to {1}")]
+    Prefix(String, u8),
+    #[error("`{0}` has bits set after the prefix; did you mean `{1}`?")]
+    HostBits(String, String),
+}
+
+impl Cidr {
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then(|| Self {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                mask(ip, self.prefix) == self.addr
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped or IPv4-compatible IPv6 address, else `ip`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let seg = v6.segments();
+            // IPv4-compatible ::a.b.c.d (deprecated, but still routable on some stacks).
+            // `::` and `::1` stay IPv6: they are the unspecified and loopback addresses.
+            if seg[..6].iter().all(|&s| s == 0) && u128::from(v6) > 1 {
+                return IpAddr::V4(Ipv4Addr::from(u128::from(v6) as u32));
+            }
+            ip
+        }
+        IpAddr::V4(_) => ip,
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr_s, prefix_s) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_s
+            .trim()
+            .parse()
+            .map_err(|_| CidrError::Address(addr_s.to_string()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_s {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| CidrError::Prefix(p.to_string(), max))?,
+        };
+        let cidr = Cidr::new(addr, prefix).expect("prefix checked");
+        if cidr.addr != addr {
+            return Err(CidrError::HostBits(s.to_string(), cidr.to_string()));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The ranges refused by default (PROTOCOL.md section 3).
+pub const DEFAULT_DENIED: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Why a peer was refused, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Listed in the configured `deny` ranges.
+    Denied,
+    /// One of the server's own addresses.
+    OwnAddress,
+    /// In a range that is refused by default and not allowed by configuration.
+    DefaultDenied,
+    /// Port 0 is never a valid peer.
+    PortZero,
+}
+
+/// The relay's peer address policy. Cheap to check: it is consulted on every packet the
+/// relay sends to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPolicy {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+    default_denied: Vec<Cidr>,
+    own_addresses: Vec<IpAddr>,
+    own_ports: Vec<(u16, u16)>,
+}
+
+impl PeerPolicy {
+    /// `own_ports` are inclusive ranges: listener ports and the relay port range.
+    pub fn new(
+        allow: Vec<Cidr>,
+        deny: Vec<Cidr>,
+        own_addresses: Vec<IpAddr>,
+        own_ports: Vec<(u16, u16)>,
+    ) -> Self {
+        Self {
+            allow,
+            deny,
+            default_denied: DEFAULT_DENIED
+                .iter()
+                .map(|s| s.parse().expect("built-in range"))
+                .collect(),
+            own_addresses: own_addresses.into_iter().map(canonical).collect(),
+            own_ports,
+        }
+    }
+
+    /// Policy with the defaults only (nothing allowed beyond the public internet).
+    pub fn secure_default() -> Self {
+        Self::new(vec![], vec![], vec![], vec![])
+    }
+
+    pub fn check(&self, peer: SocketAddr) -> Result<(), Denial> {
+        if peer.port() == 0 {
+            return Err(Denial::PortZero);
+        }
+        let ip = canonical(peer.ip());
+        if self.deny.iter().any(|c| c.contains(ip)) {
+            return Err(Denial::Denied);
+        }
+        // Loopback and the unspecified address always reach this host.
+        let own = self.own_addresses.contains(&ip) || ip.is_loopback() || ip.is_unspecified();
+        let own_port = self
+            .own_ports
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&peer.port()));
+        if own && own_port {
+            return Err(Denial::OwnAddress);
+        }
+        if self.allow.iter().any(|c| c.contains(ip)) {
+            return Ok(());
+        }
+        if own {
+            return Err(Denial::OwnAddress);
+        }
+        if self.default_denied.iter().any(|c| c.contains(ip)) {
+            return Err(Denial::DefaultDenied);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().to_string(), "1.2.3.4/32");
+        assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
+        assert!(matches!("10.0.0.1/8".parse::<Cidr>(), Err(CidrError::HostBits(..))));
+        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::Prefix(..))));
+        assert!(matches!("10.0.0/8".parse::<Cidr>(), Err(CidrError::Address(..))));
+        assert!(matches!("".parse::<Cidr>(), Err(CidrError::Address(..))));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn default_policy_refuses_internal_ranges() {
+        let p = PeerPolicy::secure_default();
+        for peer in [
+            "127.0.0.1:5000",
+            "10.1.2.3:5000",
+            "172.16.0.1:5000",
+            "192.168.1.1:5000",
+            "100.64.0.1:5000",
+            "169.254.169.254:80",
+            "224.0.0.1:5000",
+            "255.255.255.255:5000",
+            "0.0.0.0:5000",
+            "[::1]:5000",
+            "[fd00::1]:5000",
+            "[fe80::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+            "[::ffff:169.254.169.254]:80",
+            "[::127.0.0.1]:5000",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[::]:5000",
+        ] {
+            assert!(p.check(sa(peer)).is_err(), "{peer} must be refused");
+        }
+        for peer in ["8.8.8.8:53", "[2001:4860:4860::8888]:53", "198.51.100.7:4000"] {
+            assert_eq!(p.check(sa(peer)), Ok(()), "{peer}");
+        }
+        assert_eq!(p.check(sa("8.8.8.8:0")), Err(Denial::PortZero));
+    }
+
+    #[test]
+    fn allow_and_deny_lists() {
+        let p = PeerPolicy::new(
+            vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+            vec!["10.9.0.0/16".parse().unwrap(), "8.8.8.8".parse().unwrap()],
+            vec!["127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap()],
+            vec![(3478, 3478), (49152, 65535)],
+        );
+        assert_eq!(p.check(sa("127.0.0.1:4000")), Ok(()));
+        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:4000")), Ok(()));
+        assert_eq!(p.check(sa("10.1.1.1:4000")), Ok(()));
+        assert_eq!(p.check(sa("10.9.1.1:4000")), Err(Denial::Denied));
+        assert_eq!(p.check(sa("8.8.8.8:53")), Err(Denial::Denied));
+        // The relay never relays to itself, even where the address is allowed.
+        assert_eq!(p.check(sa("127.0.0.1:3478")), Err(Denial::OwnAddress));
+        assert_eq!(p.check(sa("127.0.0.1:50000")), Err(Denial::OwnAddress));
+        assert_eq!(p.check(sa("203.0.113.5:4000")), Err(Denial::OwnAddress));
+        assert_eq!(p.check(sa("203.0.113.6:4000")), Ok(()));
+    }
+}
