@@ -1,0 +1,11 @@
+//! A sans-IO STUN/TURN server (RFC 8489, RFC 8656).
+//!
+//! Architecture invariant: no sockets, no clock, no RNG here. The IO driver (crate
+//! `callbox-turn`) hands in datagrams with their source and the current time and carries
+//! out what comes back; tests drive the same code on simulated time.
+
+pub mod nonce;
+pub mod server;
+pub mod stun;
+
+pub use server::{AllocId, ClientAction, Command, Event, PeerAction, Server, ServerConfig};

@@ -1,0 +1,647 @@
+//! Sans-IO tests on simulated time: a scripted client against one server shard.
+
+use super::*;
+use callbox_core::credentials::{long_term_key, mint, rest_password};
+use callbox_core::{Cidr, Secret};
+
+const REALM: &str = "callbox";
+const T0_UNIX: u64 = 1_800_000_000;
+
+struct Harness {
+    server: Server,
+    t0: Instant,
+    now: Instant,
+    reply: Vec<u8>,
+    relay_port: u16,
+}
+
+fn secrets() -> SecretSet {
+    SecretSet::new(vec![Secret::new("s3cret")]).unwrap()
+}
+
+fn policy_allowing_loopback() -> PeerPolicy {
+    PeerPolicy::new(vec!["127.0.0.0/8".parse::<Cidr>().unwrap()], vec![], vec![], vec![(3478, 3478)])
+}
+
+impl Harness {
+    fn new(cfg: ServerConfig, policy: PeerPolicy, quotas: Quotas) -> Self {
+        let now = Instant::now();
+        let mut users = HashMap::new();
+        users.insert("bob".to_string(), long_term_key("bob", REALM, "bobpw"));
+        let creds = Credentials {
+            secrets: Some(secrets()),
+            static_users: users,
+        };
+        Self {
+            server: Server::new(cfg, [9; 32], Arc::new(creds), Arc::new(policy), Arc::new(quotas), now),
+            t0: now,
+            now,
+            reply: Vec::new(),
+            relay_port: 50000,
+        }
+    }
+
+    fn default() -> Self {
+        let cfg = ServerConfig {
+            relay_v4: Some(RelayIp {
+                bind: "127.0.0.1".parse().unwrap(),
+                advertise: "203.0.113.9".parse().unwrap(),
+            }),
+            ..ServerConfig::default()
+        };
+        Self::new(cfg, policy_allowing_loopback(), Quotas::new(100, 3))
+    }
+
+    fn unix(&self) -> u64 {
+        T0_UNIX + self.now.duration_since(self.t0).as_secs()
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.server.handle_timeout(self.now);
+    }
+
+    /// Sends a packet, runs the driver's part (binding relays), returns the reply if any.
+    fn send(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+        let unix = self.unix();
+        let action = self.server.handle_client_packet(from, packet, self.now, unix, &mut self.reply);
+        let mut out = match action {
+            ClientAction::Reply => Some(self.reply.clone()),
+            _ => None,
+        };
+        while let Some(cmd) = self.server.next_command() {
+            match cmd {
+                Command::BindRelay { id, .. } => {
+                    self.relay_port += 2;
+                    let local = SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port);
+                    self.server.relay_bound(id, Ok(local), self.now);
+                }
+                Command::SendToClient { to, bytes } => {
+                    assert_eq!(to, from);
+                    out = Some(bytes);
+                }
+                Command::CloseRelay { .. } => {}
+            }
+        }
+        out
+    }
+}
+
+struct Client {
+    addr: SocketAddr,
+    username: String,
+    key: LongTermKey,
+    nonce: Option<String>,
+    tid: u8,
+}
+
+impl Client {
+    fn rest(addr: &str, user: &str, expiry_from_now: i64) -> Self {
+        let expiry = (T0_UNIX as i64 + expiry_from_now) as u64;
+        let username = format!("{expiry}:{user}");
+        let password = rest_password(secrets().signing(), &username);
+        Self {
+            addr: addr.parse().unwrap(),
+            key: long_term_key(&username, REALM, &password),
+            username,
+            nonce: None,
+            tid: 0,
+        }
+    }
+
+    fn request(&mut self, m: u16, attrs: impl Fn(&mut MessageBuilder<'_>), auth: bool) -> Vec<u8> {
+        self.tid = self.tid.wrapping_add(1);
+        let mut buf = Vec::new();
+        let mut b = MessageBuilder::new(&mut buf, m, Class::Request, &[self.tid; 12]);
+        attrs(&mut b);
+        if auth {
+            b.add(attr::USERNAME, self.username.as_bytes())
+                .add(attr::REALM, REALM.as_bytes())
+                .add(attr::NONCE, self.nonce.as_deref().unwrap_or("none").as_bytes())
+                .add_integrity(&self.key);
+        }
+        b.add_fingerprint();
+        b.finish();
+        buf
+    }
+
+    /// Sends an authenticated request, doing the 401/438 round trip when needed.
+    fn call(&mut self, h: &mut Harness, m: u16, attrs: impl Fn(&mut MessageBuilder<'_>) + Copy) -> (Class, Option<u16>, Vec<u8>) {
+        for _ in 0..2 {
+            let req = self.request(m, attrs, self.nonce.is_some());
+            let resp = h.send(self.addr, &req).expect("a reply");
+            let msg = Message::parse(&resp).unwrap();
+            let code = error_code(&msg);
+            if matches!(code, Some(401) | Some(438)) && msg.nonce().unwrap().is_some() && (self.nonce.is_none() || code == Some(438)) {
+                self.nonce = Some(msg.nonce().unwrap().unwrap().to_string());
+                continue;
+            }
+            return (msg.class(), code, resp);
+        }
+        panic!("no answer after the nonce round trip");
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> (Class, Option<u16>, Vec<u8>) {
+        self.call(h, method::ALLOCATE, |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, (UDP as u32) << 24);
+        })
+    }
+
+    fn permission(&mut self, h: &mut Harness, peer: &str) -> Option<u16> {
+        let peer: SocketAddr = peer.parse().unwrap();
+        self.call(h, method::CREATE_PERMISSION, move |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        })
+        .1
+    }
+
+    fn bind(&mut self, h: &mut Harness, ch: u16, peer: &str) -> Option<u16> {
+        let peer: SocketAddr = peer.parse().unwrap();
+        self.call(h, method::CHANNEL_BIND, move |b| {
+            b.add_u32(attr::CHANNEL_NUMBER, u32::from(ch) << 16)
+                .add_xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        })
+        .1
+    }
+
+    fn refresh(&mut self, h: &mut Harness, lifetime: u32) -> (Option<u16>, Option<u32>) {
+        let (_, code, resp) = self.call(h, method::REFRESH, move |b| {
+            b.add_u32(attr::LIFETIME, lifetime);
+        });
+        let msg = Message::parse(&resp).unwrap();
+        (code, msg.u32_attr(attr::LIFETIME).unwrap())
+    }
+}
+
+fn error_code(msg: &Message<'_>) -> Option<u16> {
+    msg.get(attr::ERROR_CODE).map(|v| u16::from(v[2]) * 100 + u16::from(v[3]))
+}
+
+fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = ch.to_be_bytes().to_vec();
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn peer_packet(h: &mut Harness, id: AllocId, from: &str, payload: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+    buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+    match h.server.handle_peer_packet(id, from.parse().unwrap(), &mut buf, PEER_HEADROOM, payload.len(), h.now) {
+        PeerAction::ToClient { client, start, end } => Some((client, buf[start..end].to_vec())),
+        PeerAction::Drop => None,
+    }
+}
+
+fn only_alloc(h: &mut Harness) -> AllocId {
+    let mut id = None;
+    while let Some(e) = h.server.next_event() {
+        if let Event::Created { id: i, .. } = e {
+            id = Some(i);
+        }
+    }
+    id.expect("an allocation was created")
+}
+
+#[test]
+fn binding_answers_mapped_address() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.7:4444", "alice", 3600);
+    let req = c.request(method::BINDING, |_| {}, false);
+    let resp = h.send(c.addr, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap(), Some(c.addr));
+    assert!(m.has_fingerprint());
+}
+
+#[test]
+fn full_relay_flow_channel_and_indications() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.7:4444", "alice", 3600);
+    let (class, code, resp) = c.allocate(&mut h);
+    assert_eq!((class, code), (Class::Success, None));
+    let m = Message::parse(&resp).unwrap();
+    assert!(m.verify_integrity(&c.key));
+    let relay = m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+    assert_eq!(relay.ip().to_string(), "203.0.113.9", "advertised address");
+    assert_eq!(m.u32_attr(attr::LIFETIME).unwrap(), Some(600));
+    let id = only_alloc(&mut h);
+
+    // Without a permission nothing flows either way.
+    assert!(peer_packet(&mut h, id, "127.0.0.1:7000", b"x").is_none());
+    assert_eq!(c.permission(&mut h, "127.0.0.1:7000"), None);
+    // Send indication to the peer.
+    let mut send = Vec::new();
+    let mut b = MessageBuilder::new(&mut send, method::SEND, Class::Indication, &[1; 12]);
+    b.add_xor_address(attr::XOR_PEER_ADDRESS, &"127.0.0.1:7000".parse().unwrap())
+        .add(attr::DATA, b"hi peer");
+    b.finish();
+    let unix = h.unix();
+    match h.server.handle_client_packet(c.addr, &send, h.now, unix, &mut h.reply) {
+        ClientAction::Relay { id: rid, peer, payload } => {
+            assert_eq!((rid, peer.to_string().as_str(), payload), (id, "127.0.0.1:7000", &b"hi peer"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Data indication back.
+    let (to, bytes) = peer_packet(&mut h, id, "127.0.0.1:7000", b"hello").unwrap();
+    assert_eq!(to, c.addr);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!((m.method(), m.class()), (method::DATA, Class::Indication));
+    assert_eq!(m.get(attr::DATA), Some(&b"hello"[..]));
+
+    // Channel: ChannelData both ways.
+    assert_eq!(c.bind(&mut h, 0x4001, "127.0.0.1:7001"), None);
+    let cd = channel_data(0x4001, b"via channel");
+    match h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply) {
+        ClientAction::Relay { payload, peer, .. } => {
+            assert_eq!(payload, b"via channel");
+            assert_eq!(peer.port(), 7001);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, bytes) = peer_packet(&mut h, id, "127.0.0.1:7001", b"back").unwrap();
+    assert_eq!(bytes, channel_data(0x4001, b"back"));
+    // Unbound channel number: dropped.
+    let cd = channel_data(0x4002, b"x");
+    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+    // Rebinding the channel to another peer, or the peer to another channel: 400.
+    assert_eq!(c.bind(&mut h, 0x4001, "127.0.0.1:7002"), Some(400));
+    assert_eq!(c.bind(&mut h, 0x4003, "127.0.0.1:7001"), Some(400));
+    assert_eq!(c.bind(&mut h, 0x3FFF, "127.0.0.1:7009"), Some(400));
+    let t = h.server.stats().traffic;
+    assert_eq!((t.packets_to_peer, t.packets_to_client), (2, 2));
+}
+
+#[test]
+fn default_policy_refuses_with_403_and_checks_each_send() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, PeerPolicy::secure_default(), Quotas::new(10, 10));
+    let mut c = Client::rest("192.0.2.7:4444", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    for peer in ["127.0.0.1:7000", "169.254.169.254:80", "10.0.0.1:5000", "192.168.1.1:1"] {
+        assert_eq!(c.permission(&mut h, peer), Some(403), "{peer}");
+        assert_eq!(c.bind(&mut h, 0x4000, peer), Some(403), "{peer}");
+    }
+    // Several peers at once: all or nothing.
+    let (_, code, _) = c.call(&mut h, method::CREATE_PERMISSION, |b| {
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, &"198.51.100.1:1".parse().unwrap())
+            .add_xor_address(attr::XOR_PEER_ADDRESS, &"10.0.0.1:1".parse().unwrap());
+    });
+    assert_eq!(code, Some(403));
+    let (_, code, _) = c.call(&mut h, method::CREATE_PERMISSION, |b| {
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, &"198.51.100.1:1".parse().unwrap())
+            .add_xor_address(attr::XOR_PEER_ADDRESS, &"198.51.100.2:1".parse().unwrap());
+    });
+    assert_eq!(code, None);
+    assert_eq!(c.bind(&mut h, 0x4000, "198.51.100.1:1"), None);
+    let id = only_alloc(&mut h);
+    let unix = h.unix();
+    let cd = channel_data(0x4000, b"x");
+    assert!(matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }));
+    // The policy changes (a new deny range): the next send is refused.
+    h.server.set_policy(Arc::new(PeerPolicy::new(vec![], vec!["198.51.100.0/24".parse().unwrap()], vec![], vec![])));
+    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+    assert!(h.server.stats().denied_peers > 0);
+    let _ = id;
+}
+
+#[test]
+fn auth_failures() {
+    let mut h = Harness::default();
+    // Expired REST credential: 401 on Allocate.
+    let mut c = Client::rest("192.0.2.1:1000", "alice", -10);
+    assert_eq!(c.allocate(&mut h).1, Some(401));
+    // Forged password.
+    let mut c = Client::rest("192.0.2.1:1001", "alice", 3600);
+    c.key = long_term_key(&c.username, REALM, "forged");
+    assert_eq!(c.allocate(&mut h).1, Some(401));
+    // Unknown static user, and a good one.
+    let mut c = Client::rest("192.0.2.1:1002", "x", 3600);
+    c.username = "mallory".into();
+    c.key = long_term_key("mallory", REALM, "pw");
+    assert_eq!(c.allocate(&mut h).1, Some(401));
+    let mut c = Client::rest("192.0.2.1:1003", "x", 3600);
+    c.username = "bob".into();
+    c.key = long_term_key("bob", REALM, "bobpw");
+    assert_eq!(c.allocate(&mut h).1, None);
+    // Another username on the same 5-tuple: 441.
+    let mut other = Client::rest("192.0.2.1:1003", "carol", 3600);
+    other.nonce = c.nonce.clone();
+    assert_eq!(other.refresh(&mut h, 600).0, Some(441));
+    // A nonce for another client is not valid: 438, then a fresh one works.
+    let mut d = Client::rest("192.0.2.1:1004", "dave", 3600);
+    d.nonce = c.nonce.clone();
+    let req = d.request(method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+    }, true);
+    let resp = h.send(d.addr, &req).unwrap();
+    assert_eq!(error_code(&Message::parse(&resp).unwrap()), Some(438));
+    // Missing USERNAME with MESSAGE-INTEGRITY: 400.
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, method::ALLOCATE, Class::Request, &[1; 12]);
+    b.add_integrity(b"k");
+    b.finish();
+    let resp = h.send("192.0.2.1:1005".parse().unwrap(), &buf).unwrap();
+    assert_eq!(error_code(&Message::parse(&resp).unwrap()), Some(400));
+    let s = h.server.stats();
+    assert!(s.auth_failures[AuthFailure::Expired as usize] >= 1);
+    assert!(s.auth_failures[AuthFailure::BadIntegrity as usize] >= 1);
+    assert!(s.auth_failures[AuthFailure::UnknownUser as usize] >= 1);
+    assert!(s.auth_failures[AuthFailure::WrongCredentials as usize] >= 1);
+}
+
+#[test]
+fn nonce_goes_stale() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 100_000);
+    assert_eq!(c.allocate(&mut h).1, None);
+    let old_nonce = c.nonce.clone();
+    h.advance(599);
+    assert_eq!(c.refresh(&mut h, 600).0, None);
+    h.advance(2);
+    // The call helper takes the 438 and retries with the fresh nonce.
+    assert_eq!(c.refresh(&mut h, 600).0, None);
+    assert_ne!(c.nonce, old_nonce);
+    assert!(h.server.stats().auth_failures[AuthFailure::Stale as usize] >= 1);
+}
+
+#[test]
+fn rest_expiry_only_checked_at_allocate() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 30);
+    assert_eq!(c.allocate(&mut h).1, None);
+    h.advance(300);
+    // The credential expired 270 s ago: refreshes, permissions and channels still work.
+    assert_eq!(c.refresh(&mut h, 600), (None, Some(600)));
+    assert_eq!(c.permission(&mut h, "127.0.0.1:9"), None);
+    assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:9"), None);
+    // A new allocation with it is refused.
+    let mut again = Client::rest("192.0.2.1:1001", "alice", 30);
+    assert_eq!(again.allocate(&mut h).1, Some(401));
+}
+
+#[test]
+fn lifetimes_clamped_refresh_and_expiry() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        max_allocation_age: Duration::from_secs(5000),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(10, 10));
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 100_000);
+    let (_, _, resp) = c.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24).add_u32(attr::LIFETIME, 99_999);
+    });
+    assert_eq!(Message::parse(&resp).unwrap().u32_attr(attr::LIFETIME).unwrap(), Some(3600));
+    assert_eq!(c.refresh(&mut h, 10), (None, Some(600)), "below default: default");
+    assert_eq!(c.refresh(&mut h, 99_999), (None, Some(3600)), "above max: max");
+    h.advance(3000);
+    assert_eq!(c.refresh(&mut h, 3600), (None, Some(2000)), "bounded by max_allocation_age");
+    h.advance(2001);
+    assert_eq!(h.server.allocation_count(), 0, "expired");
+    let mut closed = false;
+    while let Some(e) = h.server.next_event() {
+        if let Event::Closed { reason, .. } = e {
+            assert_eq!(reason, CloseReason::Expired);
+            closed = true;
+        }
+    }
+    assert!(closed);
+    assert_eq!(c.refresh(&mut h, 600).0, Some(437));
+}
+
+#[test]
+fn refresh_zero_deletes_and_frees_quota() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    assert_eq!(c.refresh(&mut h, 0), (None, Some(0)));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.quotas.total(), 0);
+    assert_eq!(c.refresh(&mut h, 600).0, Some(437));
+    // The 5-tuple can allocate again.
+    assert_eq!(c.allocate(&mut h).1, None);
+}
+
+#[test]
+fn allocate_retransmission_and_mismatch() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let (_, _, first) = c.allocate(&mut h);
+    // Same transaction again: the same success.
+    let req = c.request(method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+    }, true);
+    c.tid -= 1;
+    let req_again = c.request(method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+    }, true);
+    assert_eq!(req, req_again);
+    let r1 = h.send(c.addr, &req).unwrap();
+    let m = Message::parse(&r1).unwrap();
+    assert_eq!(error_code(&m), Some(437), "a new transaction on an allocated 5-tuple");
+    // A retransmission of the original request (the authenticated one was transaction 2):
+    // the same success, the same relay address.
+    c.tid = 1;
+    let (class, code, again) = c.allocate(&mut h);
+    assert_eq!((class, code), (Class::Success, None));
+    let relay = |b: &[u8]| Message::parse(b).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(relay(&again), relay(&first));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn quotas_per_user_and_total() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(4, 2));
+    let mut codes = Vec::new();
+    for port in 0..3 {
+        let mut c = Client::rest(&format!("192.0.2.1:{}", 2000 + port), "alice", 3600);
+        codes.push(c.allocate(&mut h).1);
+    }
+    assert_eq!(codes, vec![None, None, Some(486)]);
+    let mut codes = Vec::new();
+    for port in 0..3 {
+        let mut c = Client::rest(&format!("192.0.2.2:{}", 2000 + port), &format!("u{port}"), 3600);
+        codes.push(c.allocate(&mut h).1);
+    }
+    assert_eq!(codes, vec![None, None, Some(508)]);
+    assert_eq!(h.server.stats().quota_user, 1);
+    assert_eq!(h.server.stats().quota_total, 1);
+}
+
+#[test]
+fn permissions_and_channels_time_out() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 100_000);
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24).add_u32(attr::LIFETIME, 3600);
+    });
+    assert_eq!(code, None);
+    let id = only_alloc(&mut h);
+    assert_eq!(c.permission(&mut h, "127.0.0.1:7000"), None);
+    assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:7001"), None);
+    h.advance(299);
+    assert!(peer_packet(&mut h, id, "127.0.0.1:7000", b"x").is_some());
+    h.advance(2);
+    // The permissions (300 s) are gone; the channel (600 s) is bound but its peer's
+    // permission lapsed too, so nothing flows until the client refreshes.
+    assert!(peer_packet(&mut h, id, "127.0.0.1:7000", b"x").is_none());
+    assert!(peer_packet(&mut h, id, "127.0.0.1:7001", b"x").is_none());
+    assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:7001"), None, "refresh of the binding");
+    let (_, bytes) = peer_packet(&mut h, id, "127.0.0.1:7001", b"y").unwrap();
+    assert_eq!(bytes, channel_data(0x4000, b"y"));
+    h.advance(601);
+    let unix = h.unix();
+    let cd = channel_data(0x4000, b"z");
+    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+}
+
+#[test]
+fn ipv6_allocations_and_family_checks() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        relay_v6: Some(RelayIp {
+            bind: "::1".parse().unwrap(),
+            advertise: "2001:db8::5".parse().unwrap(),
+        }),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, PeerPolicy::secure_default(), Quotas::new(10, 10));
+    let mut c = Client::rest("[2001:db8::9]:1000", "alice", 3600);
+    let (_, code, resp) = c.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+    });
+    assert_eq!(code, None);
+    let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+    assert_eq!(relay.ip().to_string(), "2001:db8::5");
+    assert_eq!(c.permission(&mut h, "198.51.100.1:1"), Some(443));
+    assert_eq!(c.permission(&mut h, "[2001:db8:1::1]:1"), None);
+    assert_eq!(c.permission(&mut h, "[::ffff:127.0.0.1]:1"), Some(403));
+    // No IPv6 relay configured: 440.
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+    });
+    assert_eq!(code, Some(440));
+}
+
+#[test]
+fn bad_requests() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |_| {});
+    assert_eq!(code, Some(400), "REQUESTED-TRANSPORT missing");
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 6 << 24);
+    });
+    assert_eq!(code, Some(442), "TCP relay not offered over this");
+    // Unknown comprehension-required attribute: 420 listing it.
+    let req = c.request(method::BINDING, |b| {
+        b.add(0x7abc, b"?");
+    }, false);
+    let resp = h.send(c.addr, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(error_code(&m), Some(420));
+    assert_eq!(m.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x7a, 0xbc][..]));
+    // Garbage of every kind is dropped without a reply or state.
+    for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff", b"\x40\x00\x00\x10abc", &[0u8; 20][..]] {
+        assert_eq!(h.send(c.addr, junk), None);
+    }
+    assert_eq!(h.server.state_size(), 0);
+}
+
+#[test]
+fn unauthenticated_flood_leaves_no_state() {
+    let mut h = Harness::default();
+    for i in 0..20_000u32 {
+        let from = SocketAddr::new(IpAddr::from((0xC000_0200u32 + (i % 250)).to_be_bytes()), (1024 + i % 60_000) as u16);
+        let mut c = Client::rest(&from.to_string(), &format!("user{i}"), 3600);
+        // Unauthenticated Allocate, forged credentials, stale nonces, Refresh, ChannelData.
+        let req = c.request(method::ALLOCATE, |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        }, i % 2 == 0);
+        h.send(from, &req);
+        c.nonce = Some(format!("{i:036}"));
+        c.key = [0; 16];
+        let req = c.request(method::REFRESH, |_| {}, true);
+        h.send(from, &req);
+        h.send(from, &channel_data(0x4000, b"x"));
+    }
+    assert_eq!(h.server.state_size(), 0);
+    assert_eq!(h.server.quotas.total(), 0);
+}
+
+#[test]
+fn kick_user_closes_allocations() {
+    let mut h = Harness::default();
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let mut b = Client::rest("192.0.2.1:1001", "bob2", 3600);
+    assert_eq!(a.allocate(&mut h).1, None);
+    assert_eq!(b.allocate(&mut h).1, None);
+    assert_eq!(h.server.kick_user("alice"), 1);
+    assert_eq!(h.server.allocation_count(), 1);
+    assert!(std::iter::from_fn(|| h.server.next_command()).any(|c| matches!(c, Command::CloseRelay { .. })));
+}
+
+#[test]
+fn bandwidth_cap_drops_excess() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        bandwidth_limit: 1000,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(10, 10));
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:7000"), None);
+    let unix = h.unix();
+    let cd = channel_data(0x4000, &[0u8; 400]);
+    let mut relayed = 0;
+    for _ in 0..5 {
+        if matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }) {
+            relayed += 1;
+        }
+    }
+    assert_eq!(relayed, 2, "1000 bytes of burst");
+    h.now += Duration::from_millis(500);
+    assert!(matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }));
+    assert!(h.server.stats().bandwidth_drops >= 3);
+}
+
+#[test]
+fn minted_by_core_accepted() {
+    // Credentials minted the way /v1/ice-servers mints them authenticate here.
+    let mut h = Harness::default();
+    let (username, password) = mint(secrets().signing(), "zed", T0_UNIX, 60);
+    let mut c = Client::rest("192.0.2.1:1000", "zed", 60);
+    c.username = username.clone();
+    c.key = long_term_key(&username, REALM, &password);
+    assert_eq!(c.allocate(&mut h).1, None);
+}
