@@ -513,9 +513,11 @@ impl<'b> MessageBuilder<'b> {
     }
 }
 
-/// Valid ChannelData channel numbers (RFC 8656 section 12).
+/// Channel numbers accepted. RFC 8656 section 12 narrowed the range to 0x4000-0x4FFF, but
+/// RFC 5766 clients (coturn's among them) still pick numbers up to 0x7FFE, so those are
+/// accepted too: the number space is per allocation and costs nothing to allow.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFE;
 
 /// Splits a ChannelData message into channel number and application data. Over UDP the
 /// padding may be absent and anything after the data is ignored.
@@ -690,7 +692,8 @@ mod tests {
         assert_eq!(parse_channel_data(&[0x40, 0x00, 0, 2, 9, 9, 0, 0]), Some((0x4000, &[9u8, 9][..])));
         assert_eq!(parse_channel_data(&[0x40, 0x01, 0, 0]), Some((0x4001, &[][..])));
         assert_eq!(parse_channel_data(&[0x40, 0x00, 0, 5, 1]), None);
-        assert_eq!(parse_channel_data(&[0x50, 0x00, 0, 0]), None);
+        assert_eq!(parse_channel_data(&[0x7F, 0xFF, 0, 0]), None);
+        assert_eq!(parse_channel_data(&[0x80, 0x00, 0, 0]), None);
         assert_eq!(parse_channel_data(&[0x40]), None);
     }
 

@@ -1,0 +1,251 @@
+//! `callbox serve`: derive the role settings from configuration, bind, run, join.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use callbox_core::credentials::{SecretSet, long_term_key};
+use callbox_core::ice::{self, TurnEndpoints};
+use callbox_core::{Config, PeerPolicy};
+use callbox_turn::{EventRecord, TurnRole, TurnSettings, UdpListeners};
+use turn_proto::Event;
+use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
+
+use crate::settings::Loaded;
+use crate::state;
+
+const ROLES: &[&str] = &["turn"];
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The active secrets: from configuration, else the generated one in the state directory.
+fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
+    let configured = loaded.config.auth.secrets.clone();
+    let list = if configured.is_empty() {
+        vec![state::shared_secret(&loaded.state_dir)?]
+    } else {
+        configured
+    };
+    SecretSet::new(list).context("no shared secret")
+}
+
+/// Relay addresses: (bind, advertise) for IPv4 and IPv6.
+fn relay_addresses(config: &Config) -> (RelayIp, Option<RelayIp>) {
+    let t = &config.turn;
+    let detected = || IpAddr::V4(callbox_turn::net::detect_relay_ipv4());
+    let (bind_v4, advertise_v4) = match t.external_ip {
+        Some(ext) if ext.public.is_ipv4() => {
+            let bind = ext.private.or(t.relay_ip).unwrap_or_else(detected);
+            (bind, ext.public)
+        }
+        _ => {
+            let bind = t.relay_ip.unwrap_or_else(detected);
+            (bind, bind)
+        }
+    };
+    let v6 = t.relay_ipv6.map(|ip| {
+        let bind = IpAddr::V6(ip);
+        let advertise = match t.external_ip {
+            Some(ext) if ext.public.is_ipv6() => ext.public,
+            _ => bind,
+        };
+        RelayIp { bind, advertise }
+    });
+    (
+        RelayIp {
+            bind: bind_v4,
+            advertise: advertise_v4,
+        },
+        v6,
+    )
+}
+
+fn credentials_snapshot(config: &Config, secrets: SecretSet) -> Credentials {
+    let realm = &config.turn.realm;
+    let static_users: HashMap<String, _> = config
+        .auth
+        .static_users
+        .iter()
+        .map(|u| (u.name.clone(), long_term_key(&u.name, realm, u.password.expose())))
+        .collect();
+    Credentials {
+        secrets: Some(secrets),
+        static_users,
+    }
+}
+
+fn peer_policy(config: &Config, relay_v4: &RelayIp, relay_v6: Option<&RelayIp>, listeners: &[SocketAddr]) -> PeerPolicy {
+    let t = &config.turn;
+    let mut own: Vec<IpAddr> = vec![relay_v4.bind, relay_v4.advertise];
+    if let Some(v6) = relay_v6 {
+        own.extend([v6.bind, v6.advertise]);
+    }
+    own.extend(listeners.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
+    if let Some(ext) = t.external_ip {
+        own.push(ext.public);
+        own.extend(ext.private);
+    }
+    if listeners.iter().any(|a| a.ip().is_unspecified()) {
+        own.extend(callbox_turn::net::interface_addresses().into_iter().map(|(_, ip)| ip));
+    }
+    own.sort();
+    own.dedup();
+    let mut ports: Vec<(u16, u16)> = listeners.iter().map(|a| (a.port(), a.port())).collect();
+    ports.push((t.relay_port_min, t.relay_port_max));
+    if let Some(http) = t.http_listen {
+        ports.push((http.port(), http.port()));
+    }
+    PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone(), own, ports)
+}
+
+fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints {
+    TurnEndpoints {
+        host: config.turn.public_host.clone().unwrap_or_else(|| advertise.to_string()),
+        udp_port: Some(udp_port),
+        tcp_port: None,
+        tls_port: None,
+    }
+}
+
+/// `callbox credentials`: the ICE server JSON minted with the configured secret.
+pub fn credentials(loaded: &Loaded, user: &str, ttl: Option<u64>) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        callbox_core::credentials::valid_user_id(user),
+        "--user must be 1-64 of A-Za-z0-9_.@-"
+    );
+    let secrets = secrets(loaded)?;
+    let auth = &loaded.config.auth;
+    let ttl = ttl.unwrap_or(auth.credential_ttl).clamp(1, auth.max_credential_ttl);
+    let (relay_v4, _) = relay_addresses(&loaded.config);
+    let port = loaded.config.turn.listen.first().map_or(3478, |a| a.port());
+    let list = ice::build(&endpoints(&loaded.config, relay_v4.advertise, port), &secrets, user, unix_now(), ttl);
+    Ok(serde_json::to_string_pretty(&list)?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Logs allocation events; the admin role will store them.
+async fn consume_events(mut rx: tokio::sync::mpsc::Receiver<EventRecord>) {
+    while let Some(r) = rx.recv().await {
+        match r.event {
+            Event::Created { id, username, client, relay, lifetime } => {
+                tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
+            }
+            Event::Refreshed { id, lifetime } => {
+                tracing::debug!(alloc = id.0, lifetime = lifetime.as_secs(), "allocation refreshed");
+            }
+            Event::Closed { id, reason, traffic } => {
+                tracing::info!(
+                    alloc = id.0,
+                    ?reason,
+                    packets_to_peer = traffic.packets_to_peer,
+                    bytes_to_peer = traffic.bytes_to_peer,
+                    packets_to_client = traffic.packets_to_client,
+                    bytes_to_client = traffic.bytes_to_client,
+                    "allocation closed"
+                );
+            }
+        }
+    }
+}
+
+pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
+    for r in &roles {
+        anyhow::ensure!(ROLES.contains(&r.as_str()), "unknown role `{r}` (known: {})", ROLES.join(", "));
+    }
+    let config = &loaded.config;
+    let t = &config.turn;
+    let secrets = secrets(&loaded)?;
+    let workers = if t.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        t.workers
+    };
+
+    // Bind everything before running anything, so a bad address fails the start.
+    let mut listen = Vec::new();
+    let mut udp = None;
+    for addr in &t.listen {
+        match UdpListeners::bind(&[*addr], workers) {
+            Ok(l) => listen.push(l),
+            // The default configuration listens on [::] too; a host without IPv6 runs on IPv4.
+            Err(e) if addr.is_ipv6() && t.listen.len() > 1 => {
+                tracing::warn!(%addr, error = %e, "IPv6 listener not available; continuing without it");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding turn.listen {addr}")),
+        }
+    }
+    let addrs: Vec<SocketAddr> = listen.iter().flat_map(|l| l.local_addrs().to_vec()).collect();
+    if !listen.is_empty() {
+        udp = Some(UdpListeners::bind_merge(listen));
+    }
+    let udp = udp.context("no TURN listener could be bound")?;
+    let http = match t.http_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding turn.http_listen {a}"))?,
+        ),
+        None => None,
+    };
+
+    let (relay_v4, relay_v6) = relay_addresses(config);
+    let policy = peer_policy(config, &relay_v4, relay_v6.as_ref(), &addrs);
+    let settings = TurnSettings {
+        server: ServerConfig {
+            realm: t.realm.clone(),
+            relay_v4: Some(relay_v4),
+            relay_v6,
+            default_lifetime: Duration::from_secs(u64::from(t.default_lifetime)),
+            max_lifetime: Duration::from_secs(u64::from(t.max_lifetime)),
+            max_allocation_age: Duration::from_secs(t.max_allocation_age),
+            nonce_lifetime: Duration::from_secs(u64::from(t.nonce_lifetime)),
+            bandwidth_limit: t.bandwidth_limit,
+            ..ServerConfig::default()
+        },
+        workers,
+        port_range: (t.relay_port_min, t.relay_port_max),
+        credentials: Arc::new(ArcSwap::from_pointee(credentials_snapshot(config, secrets))),
+        policy: Arc::new(ArcSwap::from_pointee(policy)),
+        quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
+    };
+    let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
+    let http_addr = http.as_ref().and_then(|h| h.local_addr().ok());
+    tokio::spawn(consume_events(events));
+    if let Some(http) = http {
+        let router = callbox_turn::http_router(role.metrics(), role.ready_flag());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, router).await {
+                tracing::error!(error = %e, "turn HTTP listener stopped");
+            }
+        });
+    }
+    let udp_list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        udp = %udp_list.join(","),
+        http = %http_addr.map_or("-".into(), |a| a.to_string()),
+        relay = %relay_v4.advertise,
+        relay_bind = %relay_v4.bind,
+        realm = %t.realm,
+        workers,
+        state_dir = %loaded.state_dir.display(),
+        config = %loaded.source,
+        "callbox ready"
+    );
+    role.run(shutdown_signal()).await.context("turn role")?;
+    tracing::info!("turn role stopped");
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The turn role: callbox's STUN/TURN relay over UDP.
+//!
+//! Shape: the binary binds the listeners ([`UdpListeners::bind`], N SO_REUSEPORT sockets per
+//! address, one per worker) and calls [`TurnRole::run`]. Each worker is an OS thread with
+//! a mio loop that owns a `turn_proto::Server` shard; the kernel hashes each client's
+//! 5-tuple to one socket, so one worker sees all of a client's packets and no state is
+//! shared on the packet path.
+//!
+//! Architecture invariant: the data path depends only on `callbox-core` and `turn-proto`.
+//! The rest of the appliance reaches it through [`TurnControl`] (credentials, policy,
+//! kicks) and the event channel (allocation history), neither of which can block it.
+
+pub mod batch;
+pub mod metrics;
+pub mod net;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use callbox_core::PeerPolicy;
+use turn_proto::server::{Credentials, Quotas, ServerConfig};
+use turn_proto::{AllocId, Event, Server};
+
+pub use metrics::Metrics;
+pub use worker::Control;
+use worker::{Worker, WorkerHandle, WorkerParts};
+
+/// An allocation event with the wall-clock time it left the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub unix_time: u64,
+    pub event: Event,
+}
+
+/// Capacity of the event channel; events past it are dropped and counted.
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// Everything the role needs besides its sockets.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// Shard template; `shard` is set per worker.
+    pub server: ServerConfig,
+    pub workers: usize,
+    pub port_range: (u16, u16),
+    pub credentials: Arc<ArcSwap<Credentials>>,
+    pub policy: Arc<ArcSwap<PeerPolicy>>,
+    pub quotas: Arc<Quotas>,
+}
+
+/// The bound UDP listeners: for each address, one socket per worker.
+#[derive(Debug)]
+pub struct UdpListeners {
+    addrs: Vec<SocketAddr>,
+    sockets: Vec<Vec<std::net::UdpSocket>>,
+}
+
+impl UdpListeners {
+    /// Binds `workers` SO_REUSEPORT sockets on each address. Port 0 picks one port per
+    /// address, shared by its sockets.
+    pub fn bind(addrs: &[SocketAddr], workers: usize) -> io::Result<Self> {
+        let mut bound = Vec::new();
+        let mut sockets = Vec::new();
+        for addr in addrs {
+            let mut group = Vec::new();
+            let mut actual = *addr;
+            for _ in 0..workers.max(1) {
+                let s = bind_reuseport(actual)?;
+                actual = s.local_addr()?;
+                group.push(s);
+            }
+            bound.push(actual);
+            sockets.push(group);
+        }
+        Ok(Self { addrs: bound, sockets })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    // Bigger kernel buffers absorb bursts; the kernel caps them at net.core.*mem_max.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// The running relay's control surface for the other roles.
+#[derive(Debug, Clone)]
+pub struct TurnControl {
+    workers: Vec<WorkerHandle>,
+    credentials: Arc<ArcSwap<Credentials>>,
+    policy: Arc<ArcSwap<PeerPolicy>>,
+}
+
+impl TurnControl {
+    /// Installs new credentials; workers pick them up within their next loop turn.
+    pub fn set_credentials(&self, c: Credentials) {
+        self.credentials.store(Arc::new(c));
+    }
+
+    pub fn set_policy(&self, p: PeerPolicy) {
+        self.policy.store(Arc::new(p));
+    }
+
+    /// Closes every allocation of a user id (a ban or a removed user).
+    pub fn kick_user(&self, user: &str) {
+        for w in &self.workers {
+            w.send(Control::KickUser(user.to_string()));
+        }
+    }
+
+    pub fn kick(&self, id: AllocId) {
+        for w in &self.workers {
+            w.send(Control::Kick(id));
+        }
+    }
+}
+
+/// The turn role, ready to run.
+#[derive(Debug)]
+pub struct TurnRole {
+    workers: Vec<(usize, WorkerSlotless)>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    control: TurnControl,
+    ready: Arc<AtomicBool>,
+}
+
+/// A worker built but not yet running (its thread starts in `run`).
+struct WorkerSlotless(Worker);
+
+impl std::fmt::Debug for WorkerSlotless {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Worker")
+    }
+}
+
+impl TurnRole {
+    /// Builds the workers over bound listeners. `nonce_key` must be random.
+    pub fn new(
+        settings: TurnSettings,
+        listeners: UdpListeners,
+        nonce_key: [u8; 32],
+    ) -> io::Result<(TurnRole, tokio::sync::mpsc::Receiver<EventRecord>)> {
+        let n = settings.workers.max(1);
+        let metrics = Arc::new(Metrics::new(n, Arc::clone(&settings.quotas)));
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        for group in listeners.sockets {
+            for (i, s) in group.into_iter().enumerate() {
+                per_worker[i % n].push(s);
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut workers = Vec::new();
+        let mut handles = Vec::new();
+        for (index, sockets) in per_worker.into_iter().enumerate() {
+            let mut cfg = settings.server.clone();
+            cfg.shard = index as u16;
+            let server = Server::new(
+                cfg,
+                nonce_key,
+                settings.credentials.load_full(),
+                settings.policy.load_full(),
+                Arc::clone(&settings.quotas),
+                now,
+            );
+            let (w, h) = Worker::new(WorkerParts {
+                index,
+                server,
+                listeners: sockets,
+                port_range: settings.port_range,
+                stop: Arc::clone(&stop),
+                credentials: Arc::clone(&settings.credentials),
+                policy: Arc::clone(&settings.policy),
+                events: events_tx.clone(),
+                metrics: Arc::clone(&metrics),
+            })?;
+            workers.push((index, WorkerSlotless(w)));
+            handles.push(h);
+        }
+        let control = TurnControl {
+            workers: handles,
+            credentials: settings.credentials,
+            policy: settings.policy,
+        };
+        Ok((
+            TurnRole {
+                workers,
+                stop,
+                metrics,
+                control,
+                ready: Arc::new(AtomicBool::new(false)),
+            },
+            events_rx,
+        ))
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    pub fn control(&self) -> TurnControl {
+        self.control.clone()
+    }
+
+    /// True while the workers run (for `/readyz`).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
+    /// Runs the workers until `shutdown` resolves or a worker fails.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> io::Result<()> {
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut threads = Vec::new();
+        for (index, WorkerSlotless(w)) in self.workers {
+            let done = done_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("turn-worker-{index}"))
+                    .spawn(move || {
+                        let r = w.run();
+                        let _ = done.send((index, r.as_ref().err().map(|e| e.to_string())));
+                        r
+                    })?,
+            );
+        }
+        drop(done_tx);
+        self.ready.store(true, Ordering::Relaxed);
+        tracing::info!(workers = threads.len(), "turn role running");
+        let failure = tokio::select! {
+            () = shutdown => None,
+            Some((index, err)) = done_rx.recv() => Some(format!("worker {index} stopped: {}", err.unwrap_or_default())),
+        };
+        self.ready.store(false, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.control.workers {
+            let _ = w.waker.wake();
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| t.join())
+                .filter_map(|r| match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("worker panicked".to_string()),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        match failure.or_else(|| joined.into_iter().next()) {
+            Some(msg) => Err(io::Error::other(msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of the turn role.
+pub fn http_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                    }
+                }
+            }),
+        )
+}
+
+impl UdpListeners {
+    /// One set of listeners from several (each bound separately).
+    pub fn bind_merge(parts: Vec<UdpListeners>) -> UdpListeners {
+        let mut out = UdpListeners {
+            addrs: Vec::new(),
+            sockets: Vec::new(),
+        };
+        for p in parts {
+            out.addrs.extend(p.addrs);
+            out.sockets.extend(p.sockets);
+        }
+        out
+    }
+}

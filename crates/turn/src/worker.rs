@@ -1,0 +1,444 @@
+//! One data path thread: a mio poll loop that owns one `turn_proto::Server` shard, one
+//! SO_REUSEPORT socket of each listener, and the relay sockets of its allocations.
+//!
+//! Nothing here is shared with other workers on the packet path: no lock, no atomic
+//! read-modify-write, no allocation per ChannelData, Send or Data packet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use callbox_core::PeerPolicy;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rand::Rng as _;
+use slab::Slab;
+use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM};
+use turn_proto::{AllocId, ClientAction, Command, PeerAction, Server};
+
+use crate::batch::{BATCH, RecvBatch, SendBatch};
+use crate::metrics::WorkerSlot;
+use crate::{EventRecord, Metrics};
+
+const WAKER: Token = Token(usize::MAX - 1);
+const RELAY_BASE: usize = 1 << 20;
+/// Batches read from one socket before others get a turn.
+const MAX_BATCHES_PER_TURN: usize = 4;
+/// Longest the loop sleeps, so shutdown and credential changes are seen promptly.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+
+/// Orders for a worker from outside its thread.
+#[derive(Debug)]
+pub enum Control {
+    /// Close every allocation of this user id.
+    KickUser(String),
+    /// Close one allocation.
+    Kick(AllocId),
+}
+
+/// The other threads' handle on a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) control: mpsc::Sender<Control>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, c: Control) {
+        if self.control.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+struct Relay {
+    sock: UdpSocket,
+    id: AllocId,
+    /// The listener the client came in on: replies leave from the same socket.
+    listener: usize,
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    server: Server,
+    poll: Poll,
+    listeners: Vec<UdpSocket>,
+    relays: Slab<Relay>,
+    relay_by_id: HashMap<AllocId, usize>,
+    port_range: (u16, u16),
+    client_rx: RecvBatch,
+    peer_rx: RecvBatch,
+    to_client: SendBatch,
+    to_peer: SendBatch,
+    /// The relay socket the queued `to_peer` datagrams leave from.
+    to_peer_fd: i32,
+    reply: Vec<u8>,
+    ready: Vec<Token>,
+    again: Vec<Token>,
+    stop: Arc<AtomicBool>,
+    control: mpsc::Receiver<Control>,
+    credentials: Arc<ArcSwap<Credentials>>,
+    credentials_seen: *const Credentials,
+    policy: Arc<ArcSwap<PeerPolicy>>,
+    policy_seen: *const PeerPolicy,
+    events: tokio::sync::mpsc::Sender<EventRecord>,
+    metrics: Arc<Metrics>,
+    send_drops: u64,
+    relay_bind_failures: u64,
+}
+
+// SAFETY: the raw pointers are only compared, never dereferenced; they identify the
+// credentials and policy snapshots this worker last installed.
+unsafe impl Send for Worker {}
+
+pub(crate) struct WorkerParts {
+    pub index: usize,
+    pub server: Server,
+    pub listeners: Vec<std::net::UdpSocket>,
+    pub port_range: (u16, u16),
+    pub stop: Arc<AtomicBool>,
+    pub credentials: Arc<ArcSwap<Credentials>>,
+    pub policy: Arc<ArcSwap<PeerPolicy>>,
+    pub events: tokio::sync::mpsc::Sender<EventRecord>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Worker {
+    pub(crate) fn new(p: WorkerParts) -> io::Result<(Worker, WorkerHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let mut listeners = Vec::new();
+        for (i, s) in p.listeners.into_iter().enumerate() {
+            s.set_nonblocking(true)?;
+            let mut s = UdpSocket::from_std(s);
+            poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
+            listeners.push(s);
+        }
+        let worker = Worker {
+            index: p.index,
+            server: p.server,
+            poll,
+            listeners,
+            relays: Slab::new(),
+            relay_by_id: HashMap::new(),
+            port_range: p.port_range,
+            client_rx: RecvBatch::new(0),
+            peer_rx: RecvBatch::new(PEER_HEADROOM),
+            to_client: SendBatch::new(),
+            to_peer: SendBatch::new(),
+            to_peer_fd: -1,
+            reply: Vec::with_capacity(1500),
+            ready: Vec::with_capacity(256),
+            again: Vec::with_capacity(256),
+            stop: p.stop,
+            control: rx,
+            credentials_seen: Arc::as_ptr(&p.credentials.load_full()),
+            credentials: p.credentials,
+            policy_seen: Arc::as_ptr(&p.policy.load_full()),
+            policy: p.policy,
+            events: p.events,
+            metrics: p.metrics,
+            send_drops: 0,
+            relay_bind_failures: 0,
+        };
+        Ok((worker, WorkerHandle { waker, control: tx }))
+    }
+
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let timeout = if !self.again.is_empty() {
+                Duration::ZERO
+            } else {
+                self.server
+                    .poll_timeout()
+                    .map_or(MAX_SLEEP, |t| t.saturating_duration_since(now))
+                    .min(MAX_SLEEP)
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            std::mem::swap(&mut self.ready, &mut self.again);
+            self.again.clear();
+            self.ready.extend(events.iter().map(|e| e.token()));
+            let mut ready = std::mem::take(&mut self.ready);
+            for &token in &ready {
+                let more = match token {
+                    WAKER => {
+                        self.controls();
+                        false
+                    }
+                    Token(i) if i < RELAY_BASE => self.client_readable(i)?,
+                    Token(i) => self.relay_readable(i - RELAY_BASE),
+                };
+                if more && !self.again.contains(&token) {
+                    self.again.push(token);
+                }
+            }
+            ready.clear();
+            self.ready = ready;
+            self.housekeeping();
+        }
+        self.server.shutdown();
+        self.run_commands(0, Instant::now());
+        self.forward_events();
+        self.publish();
+        Ok(())
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.server.handle_timeout(now);
+        self.run_commands(0, now);
+        let creds = self.credentials.load();
+        if Arc::as_ptr(&creds) != self.credentials_seen {
+            self.credentials_seen = Arc::as_ptr(&creds);
+            self.server.set_credentials(Arc::clone(&creds));
+        }
+        let policy = self.policy.load();
+        if Arc::as_ptr(&policy) != self.policy_seen {
+            self.policy_seen = Arc::as_ptr(&policy);
+            self.server.set_policy(Arc::clone(&policy));
+        }
+        self.forward_events();
+        self.publish();
+    }
+
+    fn slot(&self) -> &WorkerSlot {
+        &self.metrics.workers[self.index]
+    }
+
+    fn publish(&self) {
+        self.slot().publish(
+            self.server.stats(),
+            self.server.allocation_count(),
+            self.send_drops,
+            self.relay_bind_failures,
+        );
+    }
+
+    fn forward_events(&mut self) {
+        while let Some(event) = self.server.next_event() {
+            let record = EventRecord {
+                unix_time: unix_now(),
+                event,
+            };
+            // Never wait for the consumer: a full channel costs the event, not the relay.
+            if self.events.try_send(record).is_err() {
+                self.metrics.event_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn controls(&mut self) {
+        while let Ok(c) = self.control.try_recv() {
+            match c {
+                Control::KickUser(user) => {
+                    self.server.kick_user(&user);
+                }
+                Control::Kick(id) => {
+                    self.server.kick(id);
+                }
+            }
+        }
+        self.run_commands(0, Instant::now());
+    }
+
+    /// Reads and handles up to a few batches from listener `li`; true if more may wait.
+    fn client_readable(&mut self, li: usize) -> io::Result<bool> {
+        let fd = self.listeners[li].as_raw_fd();
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let n = match self.client_rx.recv(fd, BATCH, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive on TURN listener failed");
+                    return Ok(false);
+                }
+            };
+            if n == 0 {
+                return Ok(false);
+            }
+            let now = Instant::now();
+            let unix = unix_now();
+            for i in 0..n {
+                let Some(from) = self.client_rx.source(i) else { continue };
+                if self.client_rx.is_truncated(i) {
+                    continue;
+                }
+                let packet = self.client_rx.payload(i);
+                match self.server.handle_client_packet(from, packet, now, unix, &mut self.reply) {
+                    ClientAction::None => {}
+                    ClientAction::Reply => {
+                        if self.listeners[li].send_to(&self.reply, from).is_err() {
+                            self.send_drops += 1;
+                        }
+                    }
+                    ClientAction::Relay { id, peer, payload } => {
+                        if let Some(&slot) = self.relay_by_id.get(&id) {
+                            let fd = self.relays[slot].sock.as_raw_fd();
+                            // Consecutive packets for one relay socket go in one sendmmsg.
+                            if fd != self.to_peer_fd && !self.to_peer.is_empty() {
+                                self.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
+                            }
+                            self.to_peer_fd = fd;
+                            // SAFETY: `payload` points into `client_rx`, which is not
+                            // written again before the flush below.
+                            unsafe { self.to_peer.push(peer, payload) };
+                        }
+                    }
+                }
+                self.run_commands(li, now);
+            }
+            self.flush_to_peer();
+            if n < BATCH {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads and handles up to a few batches from relay socket `key`; true if more may wait.
+    fn relay_readable(&mut self, key: usize) -> bool {
+        let Some(relay) = self.relays.get(key) else {
+            return false;
+        };
+        let (fd, id, li) = (relay.sock.as_raw_fd(), relay.id, relay.listener);
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let n = match self.peer_rx.recv(fd, BATCH, PEER_TAILROOM) {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            if n == 0 {
+                return false;
+            }
+            let now = Instant::now();
+            let head = self.peer_rx.headroom();
+            for i in 0..n {
+                let Some(from) = self.peer_rx.source(i) else { continue };
+                if self.peer_rx.is_truncated(i) {
+                    continue;
+                }
+                let len = self.peer_rx.len(i);
+                let buf = self.peer_rx.buffer_mut(i);
+                if let PeerAction::ToClient { client, start, end } =
+                    self.server.handle_peer_packet(id, from, buf, head, len, now)
+                {
+                    // SAFETY: the slice points into `peer_rx`, which is not written again
+                    // before the flush below.
+                    unsafe { self.to_client.push(client, &self.peer_rx.buffer(i)[start..end]) };
+                }
+            }
+            if !self.to_client.is_empty() {
+                let lfd = self.listeners[li].as_raw_fd();
+                self.send_drops += self.to_client.flush(lfd) as u64;
+            }
+            if n < BATCH {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn flush_to_peer(&mut self) {
+        if !self.to_peer.is_empty() {
+            self.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
+        }
+    }
+
+    fn run_commands(&mut self, li: usize, now: Instant) {
+        while let Some(cmd) = self.server.next_command() {
+            // Queued datagrams go out before a relay socket is closed (or its descriptor
+            // number reused by a new one).
+            self.flush_to_peer();
+            match cmd {
+                Command::BindRelay { id, ip, even_port } => match self.bind_relay(ip, even_port) {
+                    Ok(sock) => {
+                        let local = sock.local_addr();
+                        let entry = self.relays.vacant_entry();
+                        let key = entry.key();
+                        let mut sock = sock;
+                        let registered = self
+                            .poll
+                            .registry()
+                            .register(&mut sock, Token(RELAY_BASE + key), Interest::READABLE);
+                        match (local, registered) {
+                            (Ok(local), Ok(())) => {
+                                entry.insert(Relay { sock, id, listener: li });
+                                self.relay_by_id.insert(id, key);
+                                self.server.relay_bound(id, Ok(local), now);
+                            }
+                            _ => {
+                                self.relay_bind_failures += 1;
+                                self.server.relay_bound(id, Err(()), now);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %ip, "no relay port could be bound");
+                        self.relay_bind_failures += 1;
+                        self.server.relay_bound(id, Err(()), now);
+                    }
+                },
+                Command::CloseRelay { id } => {
+                    if let Some(key) = self.relay_by_id.remove(&id) {
+                        let mut relay = self.relays.remove(key);
+                        let _ = self.poll.registry().deregister(&mut relay.sock);
+                    }
+                }
+                Command::SendToClient { to, bytes } => {
+                    if self.listeners[li].send_to(&bytes, to).is_err() {
+                        self.send_drops += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds a UDP socket on `ip` at a random free port of the relay range.
+    fn bind_relay(&mut self, ip: IpAddr, even: bool) -> io::Result<UdpSocket> {
+        let (lo, hi) = self.port_range;
+        let mut rng = rand::rng();
+        let mut last_err = io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted");
+        for _ in 0..64 {
+            let mut port = rng.random_range(lo..=hi);
+            if even {
+                port &= !1;
+                if port < lo {
+                    continue;
+                }
+            }
+            let domain = if ip.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+            if ip.is_ipv6() {
+                sock.set_only_v6(true)?;
+            }
+            sock.set_nonblocking(true)?;
+            match sock.bind(&SocketAddr::new(ip, port).into()) {
+                Ok(()) => return Ok(UdpSocket::from_std(sock.into())),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_err = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err)
+    }
+}
