@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 pub fn init(general: &General) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("CALLBOX_LOG").or_else(|_| EnvFilter::try_new(&general.log_level))?;
+    let filter =
+        EnvFilter::try_from_env("CALLBOX_LOG").or_else(|_| EnvFilter::try_new(&general.log_level))?;
     let use_journald = match general.log_format {
         LogFormat::Journald => true,
         LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
@@ -15,7 +16,9 @@ pub fn init(general: &General) -> anyhow::Result<()> {
     if use_journald {
         match tracing_journald::layer() {
             Ok(layer) => {
-                registry.with(layer.with_syslog_identifier("callbox".into())).init();
+                registry
+                    .with(layer.with_syslog_identifier("callbox".into()))
+                    .init();
                 return Ok(());
             }
             Err(e) if general.log_format == LogFormat::Journald => {
@@ -24,13 +27,25 @@ pub fn init(general: &General) -> anyhow::Result<()> {
             Err(_) => {}
         }
         let registry = tracing_subscriber::registry().with(EnvFilter::try_new(&general.log_level)?);
-        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .init();
         return Ok(());
     }
     if general.log_format == LogFormat::Json {
         registry.with(tracing_subscriber::fmt::layer().json()).init();
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .init();
     }
     Ok(())
 }

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "callbox", version, about = "WebRTC edge appliance: STUN/TURN relay, signaling and admin")]
+#[command(
+    name = "callbox",
+    version,
+    about = "WebRTC edge appliance: STUN/TURN relay, signaling and admin"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

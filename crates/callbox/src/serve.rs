@@ -20,7 +20,9 @@ use crate::state;
 const ROLES: &[&str] = &["turn"];
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The active secrets: from configuration, else the generated one in the state directory.
@@ -79,7 +81,12 @@ fn credentials_snapshot(config: &Config, secrets: SecretSet) -> Credentials {
     }
 }
 
-fn peer_policy(config: &Config, relay_v4: &RelayIp, relay_v6: Option<&RelayIp>, listeners: &[SocketAddr]) -> PeerPolicy {
+fn peer_policy(
+    config: &Config,
+    relay_v4: &RelayIp,
+    relay_v6: Option<&RelayIp>,
+    listeners: &[SocketAddr],
+) -> PeerPolicy {
     let t = &config.turn;
     let mut own: Vec<IpAddr> = vec![relay_v4.bind, relay_v4.advertise];
     if let Some(v6) = relay_v6 {
@@ -91,7 +98,11 @@ fn peer_policy(config: &Config, relay_v4: &RelayIp, relay_v6: Option<&RelayIp>, 
         own.extend(ext.private);
     }
     if listeners.iter().any(|a| a.ip().is_unspecified()) {
-        own.extend(callbox_turn::net::interface_addresses().into_iter().map(|(_, ip)| ip));
+        own.extend(
+            callbox_turn::net::interface_addresses()
+                .into_iter()
+                .map(|(_, ip)| ip),
+        );
     }
     own.sort();
     own.dedup();
@@ -105,7 +116,11 @@ fn peer_policy(config: &Config, relay_v4: &RelayIp, relay_v6: Option<&RelayIp>, 
 
 fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints {
     TurnEndpoints {
-        host: config.turn.public_host.clone().unwrap_or_else(|| advertise.to_string()),
+        host: config
+            .turn
+            .public_host
+            .clone()
+            .unwrap_or_else(|| advertise.to_string()),
         udp_port: Some(udp_port),
         tcp_port: None,
         tls_port: None,
@@ -120,10 +135,18 @@ pub fn credentials(loaded: &Loaded, user: &str, ttl: Option<u64>) -> anyhow::Res
     );
     let secrets = secrets(loaded)?;
     let auth = &loaded.config.auth;
-    let ttl = ttl.unwrap_or(auth.credential_ttl).clamp(1, auth.max_credential_ttl);
+    let ttl = ttl
+        .unwrap_or(auth.credential_ttl)
+        .clamp(1, auth.max_credential_ttl);
     let (relay_v4, _) = relay_addresses(&loaded.config);
     let port = loaded.config.turn.listen.first().map_or(3478, |a| a.port());
-    let list = ice::build(&endpoints(&loaded.config, relay_v4.advertise, port), &secrets, user, unix_now(), ttl);
+    let list = ice::build(
+        &endpoints(&loaded.config, relay_v4.advertise, port),
+        &secrets,
+        user,
+        unix_now(),
+        ttl,
+    );
     Ok(serde_json::to_string_pretty(&list)?)
 }
 
@@ -141,11 +164,21 @@ async fn shutdown_signal() {
 async fn consume_events(mut rx: tokio::sync::mpsc::Receiver<EventRecord>) {
     while let Some(r) = rx.recv().await {
         match r.event {
-            Event::Created { id, username, client, relay, lifetime } => {
+            Event::Created {
+                id,
+                username,
+                client,
+                relay,
+                lifetime,
+            } => {
                 tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
             }
             Event::Refreshed { id, lifetime } => {
-                tracing::debug!(alloc = id.0, lifetime = lifetime.as_secs(), "allocation refreshed");
+                tracing::debug!(
+                    alloc = id.0,
+                    lifetime = lifetime.as_secs(),
+                    "allocation refreshed"
+                );
             }
             Event::Closed { id, reason, traffic } => {
                 tracing::info!(
@@ -164,7 +197,11 @@ async fn consume_events(mut rx: tokio::sync::mpsc::Receiver<EventRecord>) {
 
 pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     for r in &roles {
-        anyhow::ensure!(ROLES.contains(&r.as_str()), "unknown role `{r}` (known: {})", ROLES.join(", "));
+        anyhow::ensure!(
+            ROLES.contains(&r.as_str()),
+            "unknown role `{r}` (known: {})",
+            ROLES.join(", ")
+        );
     }
     let config = &loaded.config;
     let t = &config.turn;
@@ -233,6 +270,12 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             }
         });
     }
+    let ready = role.ready_flag();
+    let run = tokio::spawn(role.run(shutdown_signal()));
+    // "ready" is logged once the data path threads run, so /readyz already says 200.
+    while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let udp_list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     tracing::info!(
         udp = %udp_list.join(","),
@@ -245,7 +288,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         config = %loaded.source,
         "callbox ready"
     );
-    role.run(shutdown_signal()).await.context("turn role")?;
+    run.await.context("turn role task")?.context("turn role")?;
     tracing::info!("turn role stopped");
     Ok(())
 }

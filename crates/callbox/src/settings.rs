@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use callbox_core::config::{ConfigError, ConfigFile, Origin, Override};
 use callbox_core::Config;
+use callbox_core::config::{ConfigError, ConfigFile, Origin, Override};
 
 use crate::ConfigArgs;
 

@@ -20,7 +20,8 @@ pub fn shared_secret(state_dir: &Path) -> anyhow::Result<Secret> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -185,16 +185,17 @@ impl FromStr for ExternalIp {
             .trim()
             .parse()
             .map_err(|_| format!("`{public}` is not an IP address (expected PUBLIC or PUBLIC/PRIVATE)"))?;
-        let private = match private {
-            None => None,
-            Some(p) => Some(p.trim().parse::<IpAddr>().map_err(|_| {
-                format!("`{p}` is not an IP address (expected PUBLIC or PUBLIC/PRIVATE)")
-            })?),
-        };
-        if let Some(private) = private {
-            if private.is_ipv4() != public.is_ipv4() {
-                return Err("PUBLIC and PRIVATE must be of the same address family".into());
-            }
+        let private =
+            match private {
+                None => None,
+                Some(p) => Some(p.trim().parse::<IpAddr>().map_err(|_| {
+                    format!("`{p}` is not an IP address (expected PUBLIC or PUBLIC/PRIVATE)")
+                })?),
+            };
+        if let Some(private) = private
+            && private.is_ipv4() != public.is_ipv4()
+        {
+            return Err("PUBLIC and PRIVATE must be of the same address family".into());
         }
         Ok(Self { public, private })
     }
@@ -217,9 +218,7 @@ impl Serialize for ExternalIp {
 
 impl<'de> Deserialize<'de> for ExternalIp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -391,7 +390,10 @@ impl Config {
         let mut p = Vec::new();
         let t = &self.turn;
         if t.realm.is_empty() || t.realm.len() > 127 || t.realm.contains('"') {
-            p.push(("turn.realm".into(), "must be 1-127 characters without `\"`".into()));
+            p.push((
+                "turn.realm".into(),
+                "must be 1-127 characters without `\"`".into(),
+            ));
         }
         if t.listen.is_empty() {
             p.push(("turn.listen".into(), "at least one listener is needed".into()));
@@ -399,7 +401,10 @@ impl Config {
         if t.relay_port_min > t.relay_port_max {
             p.push((
                 "turn.relay_port_min".into(),
-                format!("{} is above turn.relay_port_max ({})", t.relay_port_min, t.relay_port_max),
+                format!(
+                    "{} is above turn.relay_port_max ({})",
+                    t.relay_port_min, t.relay_port_max
+                ),
             ));
         }
         if t.relay_port_min == 0 {
@@ -411,7 +416,10 @@ impl Config {
         if t.max_lifetime < t.default_lifetime {
             p.push((
                 "turn.max_lifetime".into(),
-                format!("{} is below turn.default_lifetime ({})", t.max_lifetime, t.default_lifetime),
+                format!(
+                    "{} is below turn.default_lifetime ({})",
+                    t.max_lifetime, t.default_lifetime
+                ),
             ));
         }
         if t.nonce_lifetime < 10 {
@@ -423,15 +431,15 @@ impl Config {
         if t.workers > 256 {
             p.push(("turn.workers".into(), "must be 0 (one per core) to 256".into()));
         }
-        if let Some(ip) = t.relay_ip {
-            if ip.is_unspecified() || ip.is_multicast() {
-                p.push(("turn.relay_ip".into(), format!("{ip} cannot be a relay address")));
-            }
+        if let Some(ip) = t.relay_ip
+            && (ip.is_unspecified() || ip.is_multicast())
+        {
+            p.push(("turn.relay_ip".into(), format!("{ip} cannot be a relay address")));
         }
-        if let Some(ip) = t.relay_ipv6 {
-            if ip.is_unspecified() || ip.is_multicast() || ip.to_ipv4_mapped().is_some() {
-                p.push(("turn.relay_ipv6".into(), format!("{ip} cannot be a relay address")));
-            }
+        if let Some(ip) = t.relay_ipv6
+            && (ip.is_unspecified() || ip.is_multicast() || ip.to_ipv4_mapped().is_some())
+        {
+            p.push(("turn.relay_ipv6".into(), format!("{ip} cannot be a relay address")));
         }
         let a = &self.auth;
         if a.credential_ttl == 0 || a.credential_ttl > a.max_credential_ttl {
@@ -441,7 +449,10 @@ impl Config {
             ));
         }
         for (i, u) in a.static_users.iter().enumerate() {
-            if u.name.is_empty() || u.name.len() > 255 || crate::credentials::RestUsername::parse(&u.name).is_some() {
+            if u.name.is_empty()
+                || u.name.len() > 255
+                || crate::credentials::RestUsername::parse(&u.name).is_some()
+            {
                 p.push((
                     format!("auth.static_users.{i}.name"),
                     "must be 1-255 characters and not look like a REST username (`<digits>:...`)".into(),
@@ -607,16 +618,34 @@ mod tests {
         let errs = Config::load(Some(&file("[turn]\n\nuser_quota = \"many\"\n")), &[]).unwrap_err();
         let e = &errs[0];
         assert_eq!(e.key.as_deref(), Some("turn.user_quota"));
-        assert!(matches!(e.origin, Origin::File { line: 3, column: 14, .. }), "{e}");
+        assert!(
+            matches!(
+                e.origin,
+                Origin::File {
+                    line: 3,
+                    column: 14,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let errs = Config::load(Some(&file("[turn]\nallow_peers = [\"10.0.0.1/8\"]\n")), &[]).unwrap_err();
         assert_eq!(errs[0].key.as_deref(), Some("turn.allow_peers"), "{}", errs[0]);
-        assert!(errs[0].message.contains("did you mean `10.0.0.0/8`"), "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("did you mean `10.0.0.0/8`"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
     fn syntax_error_has_line() {
         let errs = Config::load(Some(&file("[turn]\nrealm = \n")), &[]).unwrap_err();
-        assert!(matches!(errs[0].origin, Origin::File { line: 2, .. }), "{}", errs[0]);
+        assert!(
+            matches!(errs[0].origin, Origin::File { line: 2, .. }),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
@@ -627,7 +656,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs[0].key.as_deref(), Some("turn.relay_port_min"));
-        assert!(matches!(errs[0].origin, Origin::File { line: 2, column: 1, .. }), "{}", errs[0]);
+        assert!(
+            matches!(
+                errs[0].origin,
+                Origin::File {
+                    line: 2,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
@@ -684,11 +724,17 @@ mod tests {
     #[test]
     fn static_user_error_names_index() {
         let errs = Config::load(
-            Some(&file("[auth]\n[[auth.static_users]]\nname = \"123:x\"\npassword = \"p\"\n")),
+            Some(&file(
+                "[auth]\n[[auth.static_users]]\nname = \"123:x\"\npassword = \"p\"\n",
+            )),
             &[],
         )
         .unwrap_err();
         assert_eq!(errs[0].key.as_deref(), Some("auth.static_users.0.name"));
-        assert!(matches!(errs[0].origin, Origin::File { line: 3, .. }), "{}", errs[0]);
+        assert!(
+            matches!(errs[0].origin, Origin::File { line: 3, .. }),
+            "{}",
+            errs[0]
+        );
     }
 }

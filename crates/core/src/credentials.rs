@@ -155,7 +155,11 @@ mod tests {
         // Python: hashlib.md5("マトリックス:example.org:TheMatrIX".encode()).hexdigest()
         // (RFC 5769 2.4's user, after SASLprep); the STUN vector test in turn-proto checks
         // the MESSAGE-INTEGRITY made with this key.
-        let key = long_term_key("\u{30de}\u{30c8}\u{30ea}\u{30c3}\u{30af}\u{30b9}", "example.org", "TheMatrIX");
+        let key = long_term_key(
+            "\u{30de}\u{30c8}\u{30ea}\u{30c3}\u{30af}\u{30b9}",
+            "example.org",
+            "TheMatrIX",
+        );
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "e8ca7ad59d5eb0518e312911d2dab2a9");
     }
@@ -164,14 +168,30 @@ mod tests {
     fn parse_usernames() {
         assert_eq!(
             RestUsername::parse("12:bob"),
-            Some(RestUsername { expiry: 12, user: "bob" })
+            Some(RestUsername {
+                expiry: 12,
+                user: "bob"
+            })
         );
-        assert_eq!(RestUsername::parse("12"), Some(RestUsername { expiry: 12, user: "" }));
+        assert_eq!(
+            RestUsername::parse("12"),
+            Some(RestUsername { expiry: 12, user: "" })
+        );
         assert_eq!(
             RestUsername::parse("12:a:b"),
-            Some(RestUsername { expiry: 12, user: "a:b" })
+            Some(RestUsername {
+                expiry: 12,
+                user: "a:b"
+            })
         );
-        for bad in ["", ":bob", "bob", "12x:bob", "-1:bob", "99999999999999999999999:x"] {
+        for bad in [
+            "",
+            ":bob",
+            "bob",
+            "12x:bob",
+            "-1:bob",
+            "99999999999999999999999:x",
+        ] {
             assert_eq!(RestUsername::parse(bad), None, "{bad}");
         }
     }

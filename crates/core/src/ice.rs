@@ -151,11 +151,17 @@ mod tests {
         assert_eq!(v["expiresAt"], "2026-11-21T23:21:06Z");
         assert_eq!(v["iceServers"][0]["urls"][0], "stun:turn.example.com:3478");
         assert!(v["iceServers"][0].get("username").is_none());
-        assert_eq!(v["iceServers"][1]["urls"][0], "turn:turn.example.com:3478?transport=udp");
+        assert_eq!(
+            v["iceServers"][1]["urls"][0],
+            "turn:turn.example.com:3478?transport=udp"
+        );
         assert_eq!(v["iceServers"][1]["credential"], v["password"]);
         assert_eq!(v["uris"].as_array().unwrap().len(), 1, "only enabled listeners");
         assert!(set.verify_password(&list.username, &list.password, 1_795_216_866));
-        let v6 = TurnEndpoints { host: "2001:db8::1".into(), ..ep };
+        let v6 = TurnEndpoints {
+            host: "2001:db8::1".into(),
+            ..ep
+        };
         assert_eq!(v6.stun_urls()[0], "stun:[2001:db8::1]:3478");
     }
 }

@@ -72,7 +72,11 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
             IpAddr::V6(Ipv6Addr::from(bits & m))
         }
     }
@@ -261,11 +265,22 @@ mod tests {
         assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
         assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().to_string(), "1.2.3.4/32");
         assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
-        assert!(matches!("10.0.0.1/8".parse::<Cidr>(), Err(CidrError::HostBits(..))));
-        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::Prefix(..))));
+        assert!(matches!(
+            "10.0.0.1/8".parse::<Cidr>(),
+            Err(CidrError::HostBits(..))
+        ));
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(CidrError::Prefix(..))
+        ));
         assert!(matches!("10.0.0/8".parse::<Cidr>(), Err(CidrError::Address(..))));
         assert!(matches!("".parse::<Cidr>(), Err(CidrError::Address(..))));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
     }
 
     #[test]

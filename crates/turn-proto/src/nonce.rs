@@ -106,11 +106,21 @@ mod tests {
         assert_eq!(n.check(s, &a, 100, 600), NonceCheck::Valid);
         assert_eq!(n.check(s, &a, 699, 600), NonceCheck::Valid);
         assert_eq!(n.check(s, &a, 700, 600), NonceCheck::Stale);
-        assert_eq!(n.check(s, &b, 100, 600), NonceCheck::Invalid, "bound to the client");
-        assert_eq!(NonceMaker::new([6; 32]).check(s, &a, 100, 600), NonceCheck::Invalid);
+        assert_eq!(
+            n.check(s, &b, 100, 600),
+            NonceCheck::Invalid,
+            "bound to the client"
+        );
+        assert_eq!(
+            NonceMaker::new([6; 32]).check(s, &a, 100, 600),
+            NonceCheck::Invalid
+        );
         let mut forged = nonce;
         forged[0] = b'1';
-        assert_eq!(n.check(std::str::from_utf8(&forged).unwrap(), &a, 100, 600), NonceCheck::Invalid);
+        assert_eq!(
+            n.check(std::str::from_utf8(&forged).unwrap(), &a, 100, 600),
+            NonceCheck::Invalid
+        );
         assert_eq!(n.check("short", &a, 100, 600), NonceCheck::Invalid);
         assert_eq!(n.check(&"zz".repeat(18), &a, 100, 600), NonceCheck::Invalid);
     }

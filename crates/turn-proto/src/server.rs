@@ -23,9 +23,7 @@ use callbox_core::credentials::{LongTermKey, RestUsername, SecretSet};
 use callbox_core::policy::{Denial, PeerPolicy};
 
 use crate::nonce::{NonceCheck, NonceMaker};
-use crate::stun::{
-    self, Class, Message, MessageBuilder, TransactionId, attr, method, parse_channel_data,
-};
+use crate::stun::{self, Class, Message, MessageBuilder, TransactionId, attr, method, parse_channel_data};
 
 /// Headroom the driver must leave in front of a peer payload so the server can write a
 /// Data indication (or ChannelData) header in place: IPv6 Data indication head.
@@ -310,14 +308,18 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(now: Instant, rate: u64) -> Self {
-        Self { tokens: rate, last: now }
+        Self {
+            tokens: rate,
+            last: now,
+        }
     }
 
     /// Takes `n` bytes if the bucket (rate bytes/s, burst of one second) has them.
     fn take(&mut self, now: Instant, rate: u64, n: u64) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         if !elapsed.is_zero() {
-            let add = (elapsed.as_nanos().min(u128::from(u64::MAX)) as u64 / 1000).saturating_mul(rate) / 1_000_000;
+            let add =
+                (elapsed.as_nanos().min(u128::from(u64::MAX)) as u64 / 1000).saturating_mul(rate) / 1_000_000;
             if add > 0 {
                 self.tokens = (self.tokens + add).min(rate);
                 self.last = now;
@@ -502,7 +504,12 @@ impl Server {
         }
     }
 
-    fn client_channel_data<'a>(&mut self, from: SocketAddr, packet: &'a [u8], now: Instant) -> ClientAction<'a> {
+    fn client_channel_data<'a>(
+        &mut self,
+        from: SocketAddr,
+        packet: &'a [u8],
+        now: Instant,
+    ) -> ClientAction<'a> {
         let Some((number, payload)) = parse_channel_data(packet) else {
             self.stats.dropped_packets += 1;
             return ClientAction::None;
@@ -514,12 +521,25 @@ impl Server {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return ClientAction::None;
         };
-        let Some(ch) = alloc.channels.iter().find(|c| c.number == number && c.expires > now) else {
+        let Some(ch) = alloc
+            .channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
+        else {
             self.stats.dropped_packets += 1;
             return ClientAction::None;
         };
         let peer = ch.peer;
-        Self::relay_to_peer(&self.cfg, &self.policy, &mut self.stats, id, alloc, peer, payload, now)
+        Self::relay_to_peer(
+            &self.cfg,
+            &self.policy,
+            &mut self.stats,
+            id,
+            alloc,
+            peer,
+            payload,
+            now,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -603,7 +623,11 @@ impl Server {
                 };
                 // Handlers write their reply (success or error) or leave it empty.
                 let _ = handled;
-                if reply.is_empty() { ClientAction::None } else { ClientAction::Reply }
+                if reply.is_empty() {
+                    ClientAction::None
+                } else {
+                    ClientAction::Reply
+                }
             }
             // Responses from a client are not expected: drop.
             Class::Success | Class::Error => ClientAction::None,
@@ -615,7 +639,8 @@ impl Server {
             self.stats.dropped_packets += 1;
             return ClientAction::None;
         };
-        let (Ok(Some(peer)), Some(data)) = (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA)) else {
+        let (Ok(Some(peer)), Some(data)) = (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        else {
             self.stats.dropped_packets += 1;
             return ClientAction::None;
         };
@@ -626,7 +651,16 @@ impl Server {
             self.stats.dropped_packets += 1;
             return ClientAction::None;
         }
-        Self::relay_to_peer(&self.cfg, &self.policy, &mut self.stats, id, alloc, peer, data, now)
+        Self::relay_to_peer(
+            &self.cfg,
+            &self.policy,
+            &mut self.stats,
+            id,
+            alloc,
+            peer,
+            data,
+            now,
+        )
     }
 
     /// Handles a datagram that arrived on the relay socket of `id` from `from`. The payload
@@ -648,11 +682,16 @@ impl Server {
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         }
-        if self.cfg.bandwidth_limit > 0 && !alloc.to_client_bucket.take(now, self.cfg.bandwidth_limit, len as u64) {
+        if self.cfg.bandwidth_limit > 0
+            && !alloc
+                .to_client_bucket
+                .take(now, self.cfg.bandwidth_limit, len as u64)
+        {
             self.stats.bandwidth_drops += 1;
             return PeerAction::Drop;
         }
-        let (start, end) = if let Some(ch) = alloc.channels.iter().find(|c| c.peer == from && c.expires > now) {
+        let (start, end) = if let Some(ch) = alloc.channels.iter().find(|c| c.peer == from && c.expires > now)
+        {
             let start = head - 4;
             buf[start..start + 2].copy_from_slice(&ch.number.to_be_bytes());
             buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
@@ -698,20 +737,42 @@ impl Server {
         b.finish();
     }
 
-    fn error(&self, reply: &mut Vec<u8>, req: &Message<'_>, code: u16, reason: &str, key: Option<&LongTermKey>) {
+    fn error(
+        &self,
+        reply: &mut Vec<u8>,
+        req: &Message<'_>,
+        code: u16,
+        reason: &str,
+        key: Option<&LongTermKey>,
+    ) {
         let mut b = self.response(reply, req, Class::Error);
         b.add_error(code, reason);
         self.finish(b, req, key);
     }
 
     /// 401 or 438 with REALM and a fresh NONCE.
-    fn challenge(&mut self, reply: &mut Vec<u8>, req: &Message<'_>, from: SocketAddr, code: u16, now: Instant, why: AuthFailure) {
+    fn challenge(
+        &mut self,
+        reply: &mut Vec<u8>,
+        req: &Message<'_>,
+        from: SocketAddr,
+        code: u16,
+        now: Instant,
+        why: AuthFailure,
+    ) {
         self.stats.auth_failures[why as usize] += 1;
         let nonce = self.nonces.issue(&from, self.nonce_secs(now));
         let mut b = self.response(reply, req, Class::Error);
-        b.add_error(code, if code == 438 { "Stale Nonce" } else { "Unauthorized" })
-            .add(attr::REALM, self.cfg.realm.as_bytes())
-            .add(attr::NONCE, &nonce);
+        b.add_error(
+            code,
+            if code == 438 {
+                "Stale Nonce"
+            } else {
+                "Unauthorized"
+            },
+        )
+        .add(attr::REALM, self.cfg.realm.as_bytes())
+        .add(attr::NONCE, &nonce);
         self.finish(b, req, None);
     }
 
@@ -731,15 +792,25 @@ impl Server {
             self.challenge(reply, msg, from, 401, now, AuthFailure::Challenge);
             return Err(());
         }
-        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) = (msg.username(), msg.realm(), msg.nonce()) else {
+        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) =
+            (msg.username(), msg.realm(), msg.nonce())
+        else {
             self.stats.auth_failures[AuthFailure::BadRequest as usize] += 1;
-            self.error(reply, msg, 400, "Bad Request: USERNAME, REALM and NONCE are required", None);
+            self.error(
+                reply,
+                msg,
+                400,
+                "Bad Request: USERNAME, REALM and NONCE are required",
+                None,
+            );
             return Err(());
         };
-        match self
-            .nonces
-            .check(nonce, &from, self.nonce_secs(now), self.cfg.nonce_lifetime.as_secs())
-        {
+        match self.nonces.check(
+            nonce,
+            &from,
+            self.nonce_secs(now),
+            self.cfg.nonce_lifetime.as_secs(),
+        ) {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => {
                 self.challenge(reply, msg, from, 438, now, AuthFailure::Stale);
@@ -750,23 +821,21 @@ impl Server {
             self.challenge(reply, msg, from, 401, now, AuthFailure::BadIntegrity);
             return Err(());
         }
-        if let Some(&id) = self.by_client.get(&from) {
-            if let Some(a) = self.allocations.get(&id) {
-                if a.username != username {
-                    self.stats.auth_failures[AuthFailure::WrongCredentials as usize] += 1;
-                    self.error(reply, msg, 441, "Wrong Credentials", None);
-                    return Err(());
-                }
-                if !msg.verify_integrity(&a.key) {
-                    self.challenge(reply, msg, from, 401, now, AuthFailure::BadIntegrity);
-                    return Err(());
-                }
-                return Ok(Authenticated {
-                    username: a.username.clone(),
-                    user: a.user.clone(),
-                    key: a.key,
-                });
+        if let Some(a) = self.by_client.get(&from).and_then(|id| self.allocations.get(id)) {
+            if a.username != username {
+                self.stats.auth_failures[AuthFailure::WrongCredentials as usize] += 1;
+                self.error(reply, msg, 441, "Wrong Credentials", None);
+                return Err(());
             }
+            if !msg.verify_integrity(&a.key) {
+                self.challenge(reply, msg, from, 401, now, AuthFailure::BadIntegrity);
+                return Err(());
+            }
+            return Ok(Authenticated {
+                username: a.username.clone(),
+                user: a.user.clone(),
+                key: a.key,
+            });
         }
         let creds = Arc::clone(&self.creds);
         if let Some(rest) = RestUsername::parse(username) {
@@ -816,17 +885,34 @@ impl Server {
     fn clamp_lifetime(&self, requested: Option<u32>) -> Duration {
         match requested {
             None => self.cfg.default_lifetime,
-            Some(s) => Duration::from_secs(u64::from(s)).clamp(self.cfg.default_lifetime, self.cfg.max_lifetime),
+            Some(s) => {
+                Duration::from_secs(u64::from(s)).clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
+            }
         }
     }
 
-    fn allocate(&mut self, from: SocketAddr, msg: &Message<'_>, now: Instant, unix_now: u64, reply: &mut Vec<u8>) -> Handled {
+    fn allocate(
+        &mut self,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        now: Instant,
+        unix_now: u64,
+        reply: &mut Vec<u8>,
+    ) -> Handled {
         // A retransmitted Allocate gets the same success; any other one is a mismatch.
         if let Some(&id) = self.by_client.get(&from) {
             if let Some(a) = self.allocations.get(&id) {
                 if a.creating_tid == msg.transaction_id() && msg.verify_integrity(&a.key) {
                     let (key, relay, lifetime) = (a.key, a.relay, a.expires.saturating_duration_since(now));
-                    self.allocate_success(reply, msg.transaction_id(), msg.has_fingerprint(), from, relay, lifetime, &key);
+                    self.allocate_success(
+                        reply,
+                        msg.transaction_id(),
+                        msg.has_fingerprint(),
+                        from,
+                        relay,
+                        lifetime,
+                        &key,
+                    );
                     return Ok(());
                 }
             } else {
@@ -853,7 +939,13 @@ impl Server {
         }
         if msg.has(attr::RESERVATION_TOKEN) {
             // Reservations (EVEN-PORT R bit) are not kept, so no token can be valid.
-            self.error(reply, msg, 508, "Insufficient Capacity: unknown reservation", Some(&key));
+            self.error(
+                reply,
+                msg,
+                508,
+                "Insufficient Capacity: unknown reservation",
+                Some(&key),
+            );
             return Ok(());
         }
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
@@ -963,7 +1055,15 @@ impl Server {
         match (bound, relay_cfg) {
             (Ok(local), Some(relay_cfg)) => {
                 let relay = SocketAddr::new(relay_cfg.advertise, local.port());
-                self.allocate_success(&mut reply, p.tid, p.fingerprint, p.client, relay, p.lifetime, &p.key);
+                self.allocate_success(
+                    &mut reply,
+                    p.tid,
+                    p.fingerprint,
+                    p.client,
+                    relay,
+                    p.lifetime,
+                    &p.key,
+                );
                 self.stats.allocations_created += 1;
                 self.events.push_back(Event::Created {
                     id,
@@ -1030,7 +1130,14 @@ impl Server {
         }
     }
 
-    fn refresh(&mut self, from: SocketAddr, msg: &Message<'_>, now: Instant, unix_now: u64, reply: &mut Vec<u8>) -> Handled {
+    fn refresh(
+        &mut self,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        now: Instant,
+        unix_now: u64,
+        reply: &mut Vec<u8>,
+    ) -> Handled {
         let Ok((id, key)) = self.with_allocation(from, msg, now, unix_now, reply) else {
             return Ok(());
         };
@@ -1068,7 +1175,14 @@ impl Server {
     }
 
     /// Checks a peer address for CreatePermission and ChannelBind; writes 400/403/443.
-    fn check_peer(&mut self, id: AllocId, peer: SocketAddr, msg: &Message<'_>, key: &LongTermKey, reply: &mut Vec<u8>) -> Result<(), ()> {
+    fn check_peer(
+        &mut self,
+        id: AllocId,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        key: &LongTermKey,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), ()> {
         if Family::of(&peer) != Family::of(&self.allocations[&id].relay) {
             self.error(reply, msg, 443, "Peer Address Family Mismatch", Some(key));
             return Err(());
@@ -1076,7 +1190,9 @@ impl Server {
         if let Err(d) = self.policy.check(peer) {
             self.stats.denied_peers += 1;
             let reason = match d {
-                Denial::Denied | Denial::DefaultDenied | Denial::OwnAddress => "Forbidden: peer address not allowed",
+                Denial::Denied | Denial::DefaultDenied | Denial::OwnAddress => {
+                    "Forbidden: peer address not allowed"
+                }
                 Denial::PortZero => "Forbidden: port 0",
             };
             self.error(reply, msg, 403, reason, Some(key));
@@ -1085,7 +1201,14 @@ impl Server {
         Ok(())
     }
 
-    fn create_permission(&mut self, from: SocketAddr, msg: &Message<'_>, now: Instant, unix_now: u64, reply: &mut Vec<u8>) -> Handled {
+    fn create_permission(
+        &mut self,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        now: Instant,
+        unix_now: u64,
+        reply: &mut Vec<u8>,
+    ) -> Handled {
         let Ok((id, key)) = self.with_allocation(from, msg, now, unix_now, reply) else {
             return Ok(());
         };
@@ -1104,7 +1227,13 @@ impl Server {
             }
         }
         if n == 0 {
-            self.error(reply, msg, 400, "Bad Request: XOR-PEER-ADDRESS required", Some(&key));
+            self.error(
+                reply,
+                msg,
+                400,
+                "Bad Request: XOR-PEER-ADDRESS required",
+                Some(&key),
+            );
             return Ok(());
         }
         // All or nothing: every peer is checked before any permission is installed.
@@ -1121,7 +1250,13 @@ impl Server {
             .count();
         a.permissions.retain(|(_, exp)| *exp > now);
         if a.permissions.len() + new > MAX_PERMISSIONS {
-            self.error(reply, msg, 508, "Insufficient Capacity: too many permissions", Some(&key));
+            self.error(
+                reply,
+                msg,
+                508,
+                "Insufficient Capacity: too many permissions",
+                Some(&key),
+            );
             return Ok(());
         }
         for p in peers[..n].iter().flatten() {
@@ -1132,7 +1267,14 @@ impl Server {
         Ok(())
     }
 
-    fn channel_bind(&mut self, from: SocketAddr, msg: &Message<'_>, now: Instant, unix_now: u64, reply: &mut Vec<u8>) -> Handled {
+    fn channel_bind(
+        &mut self,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        now: Instant,
+        unix_now: u64,
+        reply: &mut Vec<u8>,
+    ) -> Handled {
         let Ok((id, key)) = self.with_allocation(from, msg, now, unix_now, reply) else {
             return Ok(());
         };
@@ -1144,7 +1286,13 @@ impl Server {
             }
         };
         if !(stun::CHANNEL_MIN..=stun::CHANNEL_MAX).contains(&number) {
-            self.error(reply, msg, 400, "Bad Request: channel number out of range", Some(&key));
+            self.error(
+                reply,
+                msg,
+                400,
+                "Bad Request: channel number out of range",
+                Some(&key),
+            );
             return Ok(());
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
@@ -1169,16 +1317,34 @@ impl Server {
                 expires: now + CHANNEL_LIFETIME,
             }),
             (None, None) => {
-                self.error(reply, msg, 508, "Insufficient Capacity: too many channels", Some(&key));
+                self.error(
+                    reply,
+                    msg,
+                    508,
+                    "Insufficient Capacity: too many channels",
+                    Some(&key),
+                );
                 return Ok(());
             }
             _ => {
-                self.error(reply, msg, 400, "Bad Request: channel or peer already bound", Some(&key));
+                self.error(
+                    reply,
+                    msg,
+                    400,
+                    "Bad Request: channel or peer already bound",
+                    Some(&key),
+                );
                 return Ok(());
             }
         }
         if !a.permissions.iter().any(|(ip, _)| *ip == peer.ip()) && a.permissions.len() >= MAX_PERMISSIONS {
-            self.error(reply, msg, 508, "Insufficient Capacity: too many permissions", Some(&key));
+            self.error(
+                reply,
+                msg,
+                508,
+                "Insufficient Capacity: too many permissions",
+                Some(&key),
+            );
             return Ok(());
         }
         install_permission(a, peer.ip(), now);

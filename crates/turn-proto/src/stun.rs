@@ -670,7 +670,10 @@ mod tests {
         let mut b = good.clone();
         b[3] = 0x59;
         assert_eq!(Message::parse(&b).unwrap_err(), ParseError::UnalignedLength);
-        assert_eq!(Message::parse(&good[..good.len() - 4]).unwrap_err(), ParseError::LengthMismatch);
+        assert_eq!(
+            Message::parse(&good[..good.len() - 4]).unwrap_err(),
+            ParseError::LengthMismatch
+        );
         let mut b = good.clone();
         let last = b.len() - 1;
         b[last] ^= 1;
@@ -689,7 +692,10 @@ mod tests {
 
     #[test]
     fn channel_data() {
-        assert_eq!(parse_channel_data(&[0x40, 0x00, 0, 2, 9, 9, 0, 0]), Some((0x4000, &[9u8, 9][..])));
+        assert_eq!(
+            parse_channel_data(&[0x40, 0x00, 0, 2, 9, 9, 0, 0]),
+            Some((0x4000, &[9u8, 9][..]))
+        );
         assert_eq!(parse_channel_data(&[0x40, 0x01, 0, 0]), Some((0x4001, &[][..])));
         assert_eq!(parse_channel_data(&[0x40, 0x00, 0, 5, 1]), None);
         assert_eq!(parse_channel_data(&[0x7F, 0xFF, 0, 0]), None);

@@ -1,6 +1,8 @@
 //! Batched UDP receive and send with `recvmmsg`/`sendmmsg`: one system call moves up to
 //! [`BATCH`] datagrams, into and out of buffers allocated once per worker.
 
+#![allow(clippy::needless_range_loop)] // parallel arrays handed to the kernel are indexed together
+
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::SocketAddr;
@@ -25,7 +27,9 @@ pub struct RecvBatch {
 
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecvBatch").field("headroom", &self.headroom).finish()
+        f.debug_struct("RecvBatch")
+            .field("headroom", &self.headroom)
+            .finish()
     }
 }
 
@@ -171,7 +175,9 @@ pub struct SendBatch {
 
 impl std::fmt::Debug for SendBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendBatch").field("queued", &self.addrs.len()).finish()
+        f.debug_struct("SendBatch")
+            .field("queued", &self.addrs.len())
+            .finish()
     }
 }
 

@@ -79,7 +79,10 @@ impl UdpListeners {
             bound.push(actual);
             sockets.push(group);
         }
-        Ok(Self { addrs: bound, sockets })
+        Ok(Self {
+            addrs: bound,
+            sockets,
+        })
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {

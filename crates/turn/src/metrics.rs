@@ -79,7 +79,10 @@ impl Metrics {
 
     /// Packets relayed client to peer and peer to client.
     pub fn packets(&self) -> (u64, u64) {
-        (self.sum(|w| &w.packets_to_peer), self.sum(|w| &w.packets_to_client))
+        (
+            self.sum(|w| &w.packets_to_peer),
+            self.sum(|w| &w.packets_to_client),
+        )
     }
 
     /// Prometheus text exposition format.
@@ -91,7 +94,12 @@ impl Metrics {
                 let _ = writeln!(out, "callbox_{name}{labels} {v}");
             }
         };
-        metric("turn_allocations", "gauge", "Live TURN allocations.", &[("", self.allocations())]);
+        metric(
+            "turn_allocations",
+            "gauge",
+            "Live TURN allocations.",
+            &[("", self.allocations())],
+        );
         metric(
             "turn_allocations_created_total",
             "counter",
@@ -188,7 +196,12 @@ impl Metrics {
             "Allocations counted against the total quota.",
             &[("", u64::from(self.quotas.total()))],
         );
-        metric("turn_workers", "gauge", "Data path threads.", &[("", self.workers.len() as u64)]);
+        metric(
+            "turn_workers",
+            "gauge",
+            "Data path threads.",
+            &[("", self.workers.len() as u64)],
+        );
         out
     }
 }

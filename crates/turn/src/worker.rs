@@ -277,12 +277,17 @@ impl Worker {
             let now = Instant::now();
             let unix = unix_now();
             for i in 0..n {
-                let Some(from) = self.client_rx.source(i) else { continue };
+                let Some(from) = self.client_rx.source(i) else {
+                    continue;
+                };
                 if self.client_rx.is_truncated(i) {
                     continue;
                 }
                 let packet = self.client_rx.payload(i);
-                match self.server.handle_client_packet(from, packet, now, unix, &mut self.reply) {
+                match self
+                    .server
+                    .handle_client_packet(from, packet, now, unix, &mut self.reply)
+                {
                     ClientAction::None => {}
                     ClientAction::Reply => {
                         if self.listeners[li].send_to(&self.reply, from).is_err() {
@@ -330,7 +335,9 @@ impl Worker {
             let now = Instant::now();
             let head = self.peer_rx.headroom();
             for i in 0..n {
-                let Some(from) = self.peer_rx.source(i) else { continue };
+                let Some(from) = self.peer_rx.source(i) else {
+                    continue;
+                };
                 if self.peer_rx.is_truncated(i) {
                     continue;
                 }
@@ -373,13 +380,18 @@ impl Worker {
                         let entry = self.relays.vacant_entry();
                         let key = entry.key();
                         let mut sock = sock;
-                        let registered = self
-                            .poll
-                            .registry()
-                            .register(&mut sock, Token(RELAY_BASE + key), Interest::READABLE);
+                        let registered = self.poll.registry().register(
+                            &mut sock,
+                            Token(RELAY_BASE + key),
+                            Interest::READABLE,
+                        );
                         match (local, registered) {
                             (Ok(local), Ok(())) => {
-                                entry.insert(Relay { sock, id, listener: li });
+                                entry.insert(Relay {
+                                    sock,
+                                    id,
+                                    listener: li,
+                                });
                                 self.relay_by_id.insert(id, key);
                                 self.server.relay_bound(id, Ok(local), now);
                             }

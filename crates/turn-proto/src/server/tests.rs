@@ -20,7 +20,12 @@ fn secrets() -> SecretSet {
 }
 
 fn policy_allowing_loopback() -> PeerPolicy {
-    PeerPolicy::new(vec!["127.0.0.0/8".parse::<Cidr>().unwrap()], vec![], vec![], vec![(3478, 3478)])
+    PeerPolicy::new(
+        vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+        vec![],
+        vec![],
+        vec![(3478, 3478)],
+    )
 }
 
 impl Harness {
@@ -33,7 +38,14 @@ impl Harness {
             static_users: users,
         };
         Self {
-            server: Server::new(cfg, [9; 32], Arc::new(creds), Arc::new(policy), Arc::new(quotas), now),
+            server: Server::new(
+                cfg,
+                [9; 32],
+                Arc::new(creds),
+                Arc::new(policy),
+                Arc::new(quotas),
+                now,
+            ),
             t0: now,
             now,
             reply: Vec::new(),
@@ -64,7 +76,9 @@ impl Harness {
     /// Sends a packet, runs the driver's part (binding relays), returns the reply if any.
     fn send(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
         let unix = self.unix();
-        let action = self.server.handle_client_packet(from, packet, self.now, unix, &mut self.reply);
+        let action = self
+            .server
+            .handle_client_packet(from, packet, self.now, unix, &mut self.reply);
         let mut out = match action {
             ClientAction::Reply => Some(self.reply.clone()),
             _ => None,
@@ -126,13 +140,21 @@ impl Client {
     }
 
     /// Sends an authenticated request, doing the 401/438 round trip when needed.
-    fn call(&mut self, h: &mut Harness, m: u16, attrs: impl Fn(&mut MessageBuilder<'_>) + Copy) -> (Class, Option<u16>, Vec<u8>) {
+    fn call(
+        &mut self,
+        h: &mut Harness,
+        m: u16,
+        attrs: impl Fn(&mut MessageBuilder<'_>) + Copy,
+    ) -> (Class, Option<u16>, Vec<u8>) {
         for _ in 0..2 {
             let req = self.request(m, attrs, self.nonce.is_some());
             let resp = h.send(self.addr, &req).expect("a reply");
             let msg = Message::parse(&resp).unwrap();
             let code = error_code(&msg);
-            if matches!(code, Some(401) | Some(438)) && msg.nonce().unwrap().is_some() && (self.nonce.is_none() || code == Some(438)) {
+            if matches!(code, Some(401) | Some(438))
+                && msg.nonce().unwrap().is_some()
+                && (self.nonce.is_none() || code == Some(438))
+            {
                 self.nonce = Some(msg.nonce().unwrap().unwrap().to_string());
                 continue;
             }
@@ -174,7 +196,8 @@ impl Client {
 }
 
 fn error_code(msg: &Message<'_>) -> Option<u16> {
-    msg.get(attr::ERROR_CODE).map(|v| u16::from(v[2]) * 100 + u16::from(v[3]))
+    msg.get(attr::ERROR_CODE)
+        .map(|v| u16::from(v[2]) * 100 + u16::from(v[3]))
 }
 
 fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
@@ -187,7 +210,14 @@ fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
 fn peer_packet(h: &mut Harness, id: AllocId, from: &str, payload: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
     let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
     buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
-    match h.server.handle_peer_packet(id, from.parse().unwrap(), &mut buf, PEER_HEADROOM, payload.len(), h.now) {
+    match h.server.handle_peer_packet(
+        id,
+        from.parse().unwrap(),
+        &mut buf,
+        PEER_HEADROOM,
+        payload.len(),
+        h.now,
+    ) {
         PeerAction::ToClient { client, start, end } => Some((client, buf[start..end].to_vec())),
         PeerAction::Drop => None,
     }
@@ -238,9 +268,19 @@ fn full_relay_flow_channel_and_indications() {
         .add(attr::DATA, b"hi peer");
     b.finish();
     let unix = h.unix();
-    match h.server.handle_client_packet(c.addr, &send, h.now, unix, &mut h.reply) {
-        ClientAction::Relay { id: rid, peer, payload } => {
-            assert_eq!((rid, peer.to_string().as_str(), payload), (id, "127.0.0.1:7000", &b"hi peer"[..]));
+    match h
+        .server
+        .handle_client_packet(c.addr, &send, h.now, unix, &mut h.reply)
+    {
+        ClientAction::Relay {
+            id: rid,
+            peer,
+            payload,
+        } => {
+            assert_eq!(
+                (rid, peer.to_string().as_str(), payload),
+                (id, "127.0.0.1:7000", &b"hi peer"[..])
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -254,7 +294,10 @@ fn full_relay_flow_channel_and_indications() {
     // Channel: ChannelData both ways.
     assert_eq!(c.bind(&mut h, 0x4001, "127.0.0.1:7001"), None);
     let cd = channel_data(0x4001, b"via channel");
-    match h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply) {
+    match h
+        .server
+        .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply)
+    {
         ClientAction::Relay { payload, peer, .. } => {
             assert_eq!(payload, b"via channel");
             assert_eq!(peer.port(), 7001);
@@ -265,7 +308,11 @@ fn full_relay_flow_channel_and_indications() {
     assert_eq!(bytes, channel_data(0x4001, b"back"));
     // Unbound channel number: dropped.
     let cd = channel_data(0x4002, b"x");
-    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+    assert_eq!(
+        h.server
+            .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::None
+    );
     // Rebinding the channel to another peer, or the peer to another channel: 400.
     assert_eq!(c.bind(&mut h, 0x4001, "127.0.0.1:7002"), Some(400));
     assert_eq!(c.bind(&mut h, 0x4003, "127.0.0.1:7001"), Some(400));
@@ -286,7 +333,12 @@ fn default_policy_refuses_with_403_and_checks_each_send() {
     let mut h = Harness::new(cfg, PeerPolicy::secure_default(), Quotas::new(10, 10));
     let mut c = Client::rest("192.0.2.7:4444", "alice", 3600);
     assert_eq!(c.allocate(&mut h).1, None);
-    for peer in ["127.0.0.1:7000", "169.254.169.254:80", "10.0.0.1:5000", "192.168.1.1:1"] {
+    for peer in [
+        "127.0.0.1:7000",
+        "169.254.169.254:80",
+        "10.0.0.1:5000",
+        "192.168.1.1:1",
+    ] {
         assert_eq!(c.permission(&mut h, peer), Some(403), "{peer}");
         assert_eq!(c.bind(&mut h, 0x4000, peer), Some(403), "{peer}");
     }
@@ -305,10 +357,23 @@ fn default_policy_refuses_with_403_and_checks_each_send() {
     let id = only_alloc(&mut h);
     let unix = h.unix();
     let cd = channel_data(0x4000, b"x");
-    assert!(matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }));
+    assert!(matches!(
+        h.server
+            .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::Relay { .. }
+    ));
     // The policy changes (a new deny range): the next send is refused.
-    h.server.set_policy(Arc::new(PeerPolicy::new(vec![], vec!["198.51.100.0/24".parse().unwrap()], vec![], vec![])));
-    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+    h.server.set_policy(Arc::new(PeerPolicy::new(
+        vec![],
+        vec!["198.51.100.0/24".parse().unwrap()],
+        vec![],
+        vec![],
+    )));
+    assert_eq!(
+        h.server
+            .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::None
+    );
     assert!(h.server.stats().denied_peers > 0);
     let _ = id;
 }
@@ -339,9 +404,13 @@ fn auth_failures() {
     // A nonce for another client is not valid: 438, then a fresh one works.
     let mut d = Client::rest("192.0.2.1:1004", "dave", 3600);
     d.nonce = c.nonce.clone();
-    let req = d.request(method::ALLOCATE, |b| {
-        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-    }, true);
+    let req = d.request(
+        method::ALLOCATE,
+        |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        },
+        true,
+    );
     let resp = h.send(d.addr, &req).unwrap();
     assert_eq!(error_code(&Message::parse(&resp).unwrap()), Some(438));
     // Missing USERNAME with MESSAGE-INTEGRITY: 400.
@@ -401,13 +470,21 @@ fn lifetimes_clamped_refresh_and_expiry() {
     let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(10, 10));
     let mut c = Client::rest("192.0.2.1:1000", "alice", 100_000);
     let (_, _, resp) = c.call(&mut h, method::ALLOCATE, |b| {
-        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24).add_u32(attr::LIFETIME, 99_999);
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add_u32(attr::LIFETIME, 99_999);
     });
-    assert_eq!(Message::parse(&resp).unwrap().u32_attr(attr::LIFETIME).unwrap(), Some(3600));
+    assert_eq!(
+        Message::parse(&resp).unwrap().u32_attr(attr::LIFETIME).unwrap(),
+        Some(3600)
+    );
     assert_eq!(c.refresh(&mut h, 10), (None, Some(600)), "below default: default");
     assert_eq!(c.refresh(&mut h, 99_999), (None, Some(3600)), "above max: max");
     h.advance(3000);
-    assert_eq!(c.refresh(&mut h, 3600), (None, Some(2000)), "bounded by max_allocation_age");
+    assert_eq!(
+        c.refresh(&mut h, 3600),
+        (None, Some(2000)),
+        "bounded by max_allocation_age"
+    );
     h.advance(2001);
     assert_eq!(h.server.allocation_count(), 0, "expired");
     let mut closed = false;
@@ -440,23 +517,40 @@ fn allocate_retransmission_and_mismatch() {
     let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
     let (_, _, first) = c.allocate(&mut h);
     // Same transaction again: the same success.
-    let req = c.request(method::ALLOCATE, |b| {
-        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-    }, true);
+    let req = c.request(
+        method::ALLOCATE,
+        |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        },
+        true,
+    );
     c.tid -= 1;
-    let req_again = c.request(method::ALLOCATE, |b| {
-        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-    }, true);
+    let req_again = c.request(
+        method::ALLOCATE,
+        |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        },
+        true,
+    );
     assert_eq!(req, req_again);
     let r1 = h.send(c.addr, &req).unwrap();
     let m = Message::parse(&r1).unwrap();
-    assert_eq!(error_code(&m), Some(437), "a new transaction on an allocated 5-tuple");
+    assert_eq!(
+        error_code(&m),
+        Some(437),
+        "a new transaction on an allocated 5-tuple"
+    );
     // A retransmission of the original request (the authenticated one was transaction 2):
     // the same success, the same relay address.
     c.tid = 1;
     let (class, code, again) = c.allocate(&mut h);
     assert_eq!((class, code), (Class::Success, None));
-    let relay = |b: &[u8]| Message::parse(b).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    let relay = |b: &[u8]| {
+        Message::parse(b)
+            .unwrap()
+            .xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+    };
     assert_eq!(relay(&again), relay(&first));
     assert_eq!(h.server.allocation_count(), 1);
 }
@@ -492,7 +586,8 @@ fn permissions_and_channels_time_out() {
     let mut h = Harness::default();
     let mut c = Client::rest("192.0.2.1:1000", "alice", 100_000);
     let (_, code, _) = c.call(&mut h, method::ALLOCATE, |b| {
-        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24).add_u32(attr::LIFETIME, 3600);
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add_u32(attr::LIFETIME, 3600);
     });
     assert_eq!(code, None);
     let id = only_alloc(&mut h);
@@ -505,13 +600,21 @@ fn permissions_and_channels_time_out() {
     // permission lapsed too, so nothing flows until the client refreshes.
     assert!(peer_packet(&mut h, id, "127.0.0.1:7000", b"x").is_none());
     assert!(peer_packet(&mut h, id, "127.0.0.1:7001", b"x").is_none());
-    assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:7001"), None, "refresh of the binding");
+    assert_eq!(
+        c.bind(&mut h, 0x4000, "127.0.0.1:7001"),
+        None,
+        "refresh of the binding"
+    );
     let (_, bytes) = peer_packet(&mut h, id, "127.0.0.1:7001", b"y").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"y"));
     h.advance(601);
     let unix = h.unix();
     let cd = channel_data(0x4000, b"z");
-    assert_eq!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::None);
+    assert_eq!(
+        h.server
+            .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::None
+    );
 }
 
 #[test]
@@ -534,7 +637,11 @@ fn ipv6_allocations_and_family_checks() {
             .add(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
     });
     assert_eq!(code, None);
-    let relay = Message::parse(&resp).unwrap().xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+    let relay = Message::parse(&resp)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
     assert_eq!(relay.ip().to_string(), "2001:db8::5");
     assert_eq!(c.permission(&mut h, "198.51.100.1:1"), Some(443));
     assert_eq!(c.permission(&mut h, "[2001:db8:1::1]:1"), None);
@@ -560,15 +667,25 @@ fn bad_requests() {
     });
     assert_eq!(code, Some(442), "TCP relay not offered over this");
     // Unknown comprehension-required attribute: 420 listing it.
-    let req = c.request(method::BINDING, |b| {
-        b.add(0x7abc, b"?");
-    }, false);
+    let req = c.request(
+        method::BINDING,
+        |b| {
+            b.add(0x7abc, b"?");
+        },
+        false,
+    );
     let resp = h.send(c.addr, &req).unwrap();
     let m = Message::parse(&resp).unwrap();
     assert_eq!(error_code(&m), Some(420));
     assert_eq!(m.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x7a, 0xbc][..]));
     // Garbage of every kind is dropped without a reply or state.
-    for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff", b"\x40\x00\x00\x10abc", &[0u8; 20][..]] {
+    for junk in [
+        &b""[..],
+        b"\x00",
+        b"\xff\xff\xff\xff",
+        b"\x40\x00\x00\x10abc",
+        &[0u8; 20][..],
+    ] {
         assert_eq!(h.send(c.addr, junk), None);
     }
     assert_eq!(h.server.state_size(), 0);
@@ -578,12 +695,19 @@ fn bad_requests() {
 fn unauthenticated_flood_leaves_no_state() {
     let mut h = Harness::default();
     for i in 0..20_000u32 {
-        let from = SocketAddr::new(IpAddr::from((0xC000_0200u32 + (i % 250)).to_be_bytes()), (1024 + i % 60_000) as u16);
+        let from = SocketAddr::new(
+            IpAddr::from((0xC000_0200u32 + (i % 250)).to_be_bytes()),
+            (1024 + i % 60_000) as u16,
+        );
         let mut c = Client::rest(&from.to_string(), &format!("user{i}"), 3600);
         // Unauthenticated Allocate, forged credentials, stale nonces, Refresh, ChannelData.
-        let req = c.request(method::ALLOCATE, |b| {
-            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-        }, i % 2 == 0);
+        let req = c.request(
+            method::ALLOCATE,
+            |b| {
+                b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+            },
+            i % 2 == 0,
+        );
         h.send(from, &req);
         c.nonce = Some(format!("{i:036}"));
         c.key = [0; 16];
@@ -625,13 +749,21 @@ fn bandwidth_cap_drops_excess() {
     let cd = channel_data(0x4000, &[0u8; 400]);
     let mut relayed = 0;
     for _ in 0..5 {
-        if matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }) {
+        if matches!(
+            h.server
+                .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+            ClientAction::Relay { .. }
+        ) {
             relayed += 1;
         }
     }
     assert_eq!(relayed, 2, "1000 bytes of burst");
     h.now += Duration::from_millis(500);
-    assert!(matches!(h.server.handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply), ClientAction::Relay { .. }));
+    assert!(matches!(
+        h.server
+            .handle_client_packet(c.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::Relay { .. }
+    ));
     assert!(h.server.stats().bandwidth_drops >= 3);
 }
 

@@ -1,0 +1,292 @@
+//! Helpers for callbox's integration tests: spawn the real binary on ephemeral ports and
+//! talk to it with real sockets. Nothing here mocks the server.
+
+pub mod turn_client;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use turn_client::TurnClient;
+
+/// A running `callbox serve`, killed when dropped.
+#[derive(Debug)]
+pub struct CallboxProcess {
+    child: Child,
+    /// The UDP listeners it reported.
+    pub udp: Vec<SocketAddr>,
+    /// Its turn role's HTTP listener.
+    pub http: Option<SocketAddr>,
+    pub state_dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl CallboxProcess {
+    /// Starts `binary serve` with `config` (TOML) and a fresh state directory. Unless the
+    /// config says otherwise, listeners are on 127.0.0.1 with ephemeral ports.
+    pub fn start(binary: &str, config: &str) -> CallboxProcess {
+        Self::start_with(binary, config, &[], &[])
+    }
+
+    /// Like [`CallboxProcess::start`], with extra arguments and environment variables.
+    pub fn start_with(binary: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> CallboxProcess {
+        let state_dir = tempfile::tempdir().expect("temp dir");
+        let config_path = state_dir.path().join("test.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .args(args)
+            .env("CALLBOX_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn callbox");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let log = Arc::clone(&log);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("callbox ready") {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let ready = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "callbox did not become ready; its output:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        let field = |name: &str| -> Option<String> {
+            let start = ready.find(&format!("{name}="))? + name.len() + 1;
+            Some(ready[start..].split_whitespace().next()?.to_string())
+        };
+        let udp = field("udp")
+            .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        let http = field("http").and_then(|v| v.parse().ok());
+        CallboxProcess {
+            child,
+            udp,
+            http,
+            state_dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The generated shared secret in the state directory.
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("turn-secret"))
+            .expect("turn-secret")
+            .trim()
+            .to_string()
+    }
+
+    pub fn udp_v4(&self) -> SocketAddr {
+        *self.udp.iter().find(|a| a.is_ipv4()).expect("an IPv4 listener")
+    }
+
+    /// GET `path` on the turn role's HTTP listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http.expect("http listener"), path)
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill(2) with a pid we spawned.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for CallboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+/// The value of an unlabelled or labelled sample in Prometheus text.
+pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_with_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The path of a coturn client tool. Panics (never skips) when it is missing, with the
+/// package to install.
+pub fn coturn_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's `coturn` package (apt-get install coturn); .ci/run does this");
+}
+
+/// A UDP port free on 127.0.0.1 (and the one after it, which turnutils_peer also binds).
+pub fn free_udp_port_pair() -> u16 {
+    loop {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 65535 && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Runs a command with a time limit; returns (exit code or None if killed, stdout+stderr).
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = t_out.join().unwrap_or_default();
+    text.push_str(&t_err.join().unwrap_or_default());
+    (code, text)
+}
+
+/// A background process killed when dropped (turnutils_peer and the like).
+#[derive(Debug)]
+pub struct Background(pub Child);
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Background {
+        Background(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
