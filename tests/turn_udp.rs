@@ -104,8 +104,9 @@ fn uclient_relays_through_us_without_loss() {
         &port.to_string(),
     ]));
     std::thread::sleep(Duration::from_millis(300));
-    // ChannelData (default) and Send/Data indications (-s).
-    for mode in [&[][..], &["-s"][..]] {
+    // ChannelData with RTCP pairs (uclient's default: EVEN-PORT reservations), ChannelData
+    // without pairs (-c), and Send/Data indications (-s).
+    for mode in [&[][..], &["-c"][..], &["-c", "-s"][..]] {
         let mut args = vec!["-m", "4", "-n", "200", "-l", "200", "-z", "5"];
         args.extend_from_slice(mode);
         let (code, out) = uclient(server.udp_v4(), &server.secret(), port, &args);

@@ -36,6 +36,8 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_PERMISSIONS: usize = 128;
 const MAX_CHANNELS: usize = 128;
+/// How long a port reserved by EVEN-PORT's R bit is kept (RFC 8656 suggests 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const UDP: u8 = 17;
 
 /// An allocation's identity, unique across the shards of one process.
@@ -215,7 +217,14 @@ pub enum Command {
         id: AllocId,
         ip: IpAddr,
         even_port: bool,
+        /// EVEN-PORT with the R bit: also bind the next port, keep it for
+        /// [`RESERVATION_LIFETIME`] under a token, and answer with
+        /// [`Server::relay_bound_reserved`].
+        reserve_next: bool,
     },
+    /// Take the socket reserved under `token` (by any shard) for allocation `id`, then call
+    /// [`Server::relay_bound`] (`Err` when the token is unknown or expired).
+    TakeReservation { id: AllocId, token: [u8; 8] },
     /// Close the relay socket of `id`.
     CloseRelay { id: AllocId },
     /// Send `bytes` to a client (replies that are produced outside a packet call).
@@ -352,6 +361,8 @@ struct Allocation {
     created: Instant,
     expires: Instant,
     creating_tid: TransactionId,
+    /// The RESERVATION-TOKEN its success response carried, for retransmissions.
+    reservation: Option<[u8; 8]>,
     lifetime: Duration,
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<Channel>,
@@ -903,7 +914,12 @@ impl Server {
         if let Some(&id) = self.by_client.get(&from) {
             if let Some(a) = self.allocations.get(&id) {
                 if a.creating_tid == msg.transaction_id() && msg.verify_integrity(&a.key) {
-                    let (key, relay, lifetime) = (a.key, a.relay, a.expires.saturating_duration_since(now));
+                    let (key, relay, lifetime, token) = (
+                        a.key,
+                        a.relay,
+                        a.expires.saturating_duration_since(now),
+                        a.reservation,
+                    );
                     self.allocate_success(
                         reply,
                         msg.transaction_id(),
@@ -912,6 +928,7 @@ impl Server {
                         relay,
                         lifetime,
                         &key,
+                        token,
                     );
                     return Ok(());
                 }
@@ -937,17 +954,26 @@ impl Server {
                 return Ok(());
             }
         }
-        if msg.has(attr::RESERVATION_TOKEN) {
-            // Reservations (EVEN-PORT R bit) are not kept, so no token can be valid.
-            self.error(
-                reply,
-                msg,
-                508,
-                "Insufficient Capacity: unknown reservation",
-                Some(&key),
-            );
-            return Ok(());
-        }
+        let token = match msg.get(attr::RESERVATION_TOKEN) {
+            None => None,
+            Some(t)
+                if t.len() == 8 && !msg.has(attr::EVEN_PORT) && !msg.has(attr::REQUESTED_ADDRESS_FAMILY) =>
+            {
+                Some(<[u8; 8]>::try_from(t).expect("length checked"))
+            }
+            Some(_) => {
+                self.error(reply, msg, 400, "Bad Request: RESERVATION-TOKEN", Some(&key));
+                return Ok(());
+            }
+        };
+        let (even_port, reserve_next) = match msg.get(attr::EVEN_PORT) {
+            None => (false, false),
+            Some([flags, ..]) => (true, flags & 0x80 != 0),
+            Some([]) => {
+                self.error(reply, msg, 400, "Bad Request: EVEN-PORT", Some(&key));
+                return Ok(());
+            }
+        };
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => Family::V4,
             Some([0x01, ..]) => Family::V4,
@@ -989,7 +1015,6 @@ impl Server {
         }
         self.next_id += 1;
         let id = AllocId(self.next_id);
-        let even_port = msg.get(attr::EVEN_PORT).is_some();
         self.pending.insert(
             id,
             Pending {
@@ -1004,10 +1029,14 @@ impl Server {
             },
         );
         self.by_client.insert(from, id);
-        self.commands.push_back(Command::BindRelay {
-            id,
-            ip: relay_ip.bind,
-            even_port,
+        self.commands.push_back(match token {
+            Some(token) => Command::TakeReservation { id, token },
+            None => Command::BindRelay {
+                id,
+                ip: relay_ip.bind,
+                even_port,
+                reserve_next,
+            },
         });
         Ok(())
     }
@@ -1022,12 +1051,16 @@ impl Server {
         relay: SocketAddr,
         lifetime: Duration,
         key: &LongTermKey,
+        reservation: Option<[u8; 8]>,
     ) {
         reply.clear();
         let mut b = MessageBuilder::new(reply, method::ALLOCATE, Class::Success, &tid);
         b.add_xor_address(attr::XOR_RELAYED_ADDRESS, &relay)
             .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, &client);
+        if let Some(token) = reservation {
+            b.add(attr::RESERVATION_TOKEN, &token);
+        }
         if let Some(sw) = &self.cfg.software {
             b.add(attr::SOFTWARE, sw.as_bytes());
         }
@@ -1041,6 +1074,18 @@ impl Server {
     /// The driver's answer to [`Command::BindRelay`]: the bound local address, or the
     /// failure. Queues the Allocate response as [`Command::SendToClient`].
     pub fn relay_bound(&mut self, id: AllocId, bound: Result<SocketAddr, ()>, now: Instant) {
+        self.relay_bound_reserved(id, bound, None, now);
+    }
+
+    /// [`Server::relay_bound`] for a bind that also reserved the next port under
+    /// `reservation`, which the success response carries as RESERVATION-TOKEN.
+    pub fn relay_bound_reserved(
+        &mut self,
+        id: AllocId,
+        bound: Result<SocketAddr, ()>,
+        reservation: Option<[u8; 8]>,
+        now: Instant,
+    ) {
         let Some(p) = self.pending.remove(&id) else {
             if let Ok(_addr) = bound {
                 self.commands.push_back(Command::CloseRelay { id });
@@ -1048,7 +1093,10 @@ impl Server {
             return;
         };
         let mut reply = Vec::new();
-        let relay_cfg = match p.family {
+        // A reserved socket may be of another family than the Allocate asked for (the
+        // request with a token names none): the bound address decides.
+        let family = bound.as_ref().map_or(p.family, Family::of);
+        let relay_cfg = match family {
             Family::V4 => self.cfg.relay_v4,
             Family::V6 => self.cfg.relay_v6,
         };
@@ -1063,6 +1111,7 @@ impl Server {
                     relay,
                     p.lifetime,
                     &p.key,
+                    reservation,
                 );
                 self.stats.allocations_created += 1;
                 self.events.push_back(Event::Created {
@@ -1083,6 +1132,7 @@ impl Server {
                         created: now,
                         expires: now + p.lifetime,
                         creating_tid: p.tid,
+                        reservation,
                         lifetime: p.lifetime,
                         permissions: Vec::new(),
                         channels: Vec::new(),
@@ -1096,7 +1146,7 @@ impl Server {
                 self.quotas.release(&p.user);
                 self.by_client.remove(&p.client);
                 let mut b = MessageBuilder::new(&mut reply, method::ALLOCATE, Class::Error, &p.tid);
-                b.add_error(508, "Insufficient Capacity: no relay port");
+                b.add_error(508, "Insufficient Capacity: no relay port or reservation");
                 b.add_integrity(&p.key);
                 if p.fingerprint {
                     b.add_fingerprint();

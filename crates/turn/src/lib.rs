@@ -40,6 +40,60 @@ pub struct EventRecord {
     pub event: Event,
 }
 
+/// Ports reserved by EVEN-PORT's R bit, shared by the workers: the Allocate that takes a
+/// reservation comes from another 5-tuple, which the kernel may hash to another worker.
+/// Touched only by such Allocates; bounded in size and in time.
+#[derive(Debug)]
+pub struct Reservations {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 8], (std::net::UdpSocket, std::time::Instant)>>,
+}
+
+/// Most reservations held at once; past it, Allocates with the R bit get no token.
+pub const MAX_RESERVATIONS: usize = 1024;
+
+impl Reservations {
+    pub fn new() -> Self {
+        Self {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Keeps `sock` and returns its token, or `None` when the table is full.
+    pub fn insert(&self, sock: std::net::UdpSocket, now: std::time::Instant) -> Option<[u8; 8]> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, expires)| *expires > now);
+        if map.len() >= MAX_RESERVATIONS {
+            return None;
+        }
+        let token: [u8; 8] = rand::random();
+        map.insert(token, (sock, now + turn_proto::server::RESERVATION_LIFETIME));
+        Some(token)
+    }
+
+    /// Takes the socket reserved under `token`, if it has not expired.
+    pub fn take(&self, token: &[u8; 8], now: std::time::Instant) -> Option<std::net::UdpSocket> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.remove(token) {
+            Some((sock, expires)) if expires > now => Some(sock),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for Reservations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Capacity of the event channel; events past it are dropped and counted.
 pub const EVENT_QUEUE: usize = 65_536;
 
@@ -173,6 +227,7 @@ impl TurnRole {
             }
         }
         let now = std::time::Instant::now();
+        let reservations = Arc::new(Reservations::new());
         let mut workers = Vec::new();
         let mut handles = Vec::new();
         for (index, sockets) in per_worker.into_iter().enumerate() {
@@ -196,6 +251,7 @@ impl TurnRole {
                 policy: Arc::clone(&settings.policy),
                 events: events_tx.clone(),
                 metrics: Arc::clone(&metrics),
+                reservations: Arc::clone(&reservations),
             })?;
             workers.push((index, WorkerSlotless(w)));
             handles.push(h);

@@ -24,7 +24,7 @@ use turn_proto::{AllocId, ClientAction, Command, PeerAction, Server};
 
 use crate::batch::{BATCH, RecvBatch, SendBatch};
 use crate::metrics::WorkerSlot;
-use crate::{EventRecord, Metrics};
+use crate::{EventRecord, Metrics, Reservations};
 
 const WAKER: Token = Token(usize::MAX - 1);
 const RELAY_BASE: usize = 1 << 20;
@@ -89,6 +89,7 @@ pub(crate) struct Worker {
     policy_seen: *const PeerPolicy,
     events: tokio::sync::mpsc::Sender<EventRecord>,
     metrics: Arc<Metrics>,
+    reservations: Arc<Reservations>,
     send_drops: u64,
     relay_bind_failures: u64,
 }
@@ -107,6 +108,7 @@ pub(crate) struct WorkerParts {
     pub policy: Arc<ArcSwap<PeerPolicy>>,
     pub events: tokio::sync::mpsc::Sender<EventRecord>,
     pub metrics: Arc<Metrics>,
+    pub reservations: Arc<Reservations>,
 }
 
 fn unix_now() -> u64 {
@@ -151,6 +153,7 @@ impl Worker {
             policy: p.policy,
             events: p.events,
             metrics: p.metrics,
+            reservations: p.reservations,
             send_drops: 0,
             relay_bind_failures: 0,
         };
@@ -374,38 +377,25 @@ impl Worker {
             // number reused by a new one).
             self.flush_to_peer();
             match cmd {
-                Command::BindRelay { id, ip, even_port } => match self.bind_relay(ip, even_port) {
-                    Ok(sock) => {
-                        let local = sock.local_addr();
-                        let entry = self.relays.vacant_entry();
-                        let key = entry.key();
-                        let mut sock = sock;
-                        let registered = self.poll.registry().register(
-                            &mut sock,
-                            Token(RELAY_BASE + key),
-                            Interest::READABLE,
-                        );
-                        match (local, registered) {
-                            (Ok(local), Ok(())) => {
-                                entry.insert(Relay {
-                                    sock,
-                                    id,
-                                    listener: li,
-                                });
-                                self.relay_by_id.insert(id, key);
-                                self.server.relay_bound(id, Ok(local), now);
-                            }
-                            _ => {
-                                self.relay_bind_failures += 1;
-                                self.server.relay_bound(id, Err(()), now);
-                            }
-                        }
+                Command::BindRelay {
+                    id,
+                    ip,
+                    even_port,
+                    reserve_next,
+                } => match self.bind_relay(ip, even_port || reserve_next, reserve_next) {
+                    Ok((sock, reserved)) => {
+                        let token = reserved.and_then(|r| self.reservations.insert(r, now));
+                        self.install_relay(id, sock, li, token, now);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, %ip, "no relay port could be bound");
                         self.relay_bind_failures += 1;
                         self.server.relay_bound(id, Err(()), now);
                     }
+                },
+                Command::TakeReservation { id, token } => match self.reservations.take(&token, now) {
+                    Some(sock) => self.install_relay(id, UdpSocket::from_std(sock), li, None, now),
+                    None => self.server.relay_bound(id, Err(()), now),
                 },
                 Command::CloseRelay { id } => {
                     if let Some(key) = self.relay_by_id.remove(&id) {
@@ -422,8 +412,47 @@ impl Worker {
         }
     }
 
-    /// Binds a UDP socket on `ip` at a random free port of the relay range.
-    fn bind_relay(&mut self, ip: IpAddr, even: bool) -> io::Result<UdpSocket> {
+    /// Registers a bound relay socket for allocation `id` and tells the server.
+    fn install_relay(
+        &mut self,
+        id: AllocId,
+        mut sock: UdpSocket,
+        li: usize,
+        token: Option<[u8; 8]>,
+        now: Instant,
+    ) {
+        let entry = self.relays.vacant_entry();
+        let key = entry.key();
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut sock, Token(RELAY_BASE + key), Interest::READABLE);
+        match (sock.local_addr(), registered) {
+            (Ok(local), Ok(())) => {
+                entry.insert(Relay {
+                    sock,
+                    id,
+                    listener: li,
+                });
+                self.relay_by_id.insert(id, key);
+                self.server.relay_bound_reserved(id, Ok(local), token, now);
+            }
+            _ => {
+                self.relay_bind_failures += 1;
+                self.server.relay_bound(id, Err(()), now);
+            }
+        }
+    }
+
+    /// Binds a UDP socket on `ip` at a random free port of the relay range (an even one
+    /// when asked), and with `reserve_next` also the port after it, kept for a later
+    /// Allocate with a RESERVATION-TOKEN.
+    fn bind_relay(
+        &mut self,
+        ip: IpAddr,
+        even: bool,
+        reserve_next: bool,
+    ) -> io::Result<(UdpSocket, Option<std::net::UdpSocket>)> {
         let (lo, hi) = self.port_range;
         let mut rng = rand::rng();
         let mut last_err = io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted");
@@ -431,26 +460,42 @@ impl Worker {
             let mut port = rng.random_range(lo..=hi);
             if even {
                 port &= !1;
-                if port < lo {
+            }
+            if port < lo || (reserve_next && port == u16::MAX) {
+                continue;
+            }
+            let first = match bind_port(ip, port) {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    last_err = e;
                     continue;
                 }
-            }
-            let domain = if ip.is_ipv4() {
-                socket2::Domain::IPV4
-            } else {
-                socket2::Domain::IPV6
+                Err(e) => return Err(e),
             };
-            let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-            if ip.is_ipv6() {
-                sock.set_only_v6(true)?;
+            if !reserve_next {
+                return Ok((UdpSocket::from_std(first), None));
             }
-            sock.set_nonblocking(true)?;
-            match sock.bind(&SocketAddr::new(ip, port).into()) {
-                Ok(()) => return Ok(UdpSocket::from_std(sock.into())),
+            match bind_port(ip, port + 1) {
+                Ok(next) => return Ok((UdpSocket::from_std(first), Some(next))),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_err = e,
                 Err(e) => return Err(e),
             }
         }
         Err(last_err)
     }
+}
+
+fn bind_port(ip: IpAddr, port: u16) -> io::Result<std::net::UdpSocket> {
+    let domain = if ip.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if ip.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::new(ip, port).into())?;
+    Ok(sock.into())
 }

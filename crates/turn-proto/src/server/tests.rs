@@ -85,10 +85,20 @@ impl Harness {
         };
         while let Some(cmd) = self.server.next_command() {
             match cmd {
-                Command::BindRelay { id, .. } => {
+                Command::BindRelay {
+                    id, ip, reserve_next, ..
+                } => {
                     self.relay_port += 2;
-                    let local = SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port);
-                    self.server.relay_bound(id, Ok(local), self.now);
+                    let local = SocketAddr::new(ip, self.relay_port);
+                    let token = reserve_next.then_some([7u8; 8]);
+                    self.server.relay_bound_reserved(id, Ok(local), token, self.now);
+                }
+                Command::TakeReservation { id, token } => {
+                    // The harness's only reservation is [7; 8] on the port after the last bind.
+                    let bound = (token == [7u8; 8])
+                        .then(|| SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port + 1))
+                        .ok_or(());
+                    self.server.relay_bound(id, bound, self.now);
                 }
                 Command::SendToClient { to, bytes } => {
                     assert_eq!(to, from);
@@ -776,4 +786,54 @@ fn minted_by_core_accepted() {
     c.username = username.clone();
     c.key = long_term_key(&username, REALM, &password);
     assert_eq!(c.allocate(&mut h).1, None);
+}
+
+#[test]
+fn even_port_reservations() {
+    let mut h = Harness::default();
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let (_, code, resp) = a.call(&mut h, method::ALLOCATE, |b| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+    });
+    assert_eq!(code, None);
+    let m = Message::parse(&resp).unwrap();
+    let relay = m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+    assert_eq!(relay.port() % 2, 0);
+    let token = m.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(token, [7u8; 8]);
+    // Another 5-tuple takes the reserved port with the token.
+    let mut b = Client::rest("192.0.2.1:1001", "alice", 3600);
+    let t: [u8; 8] = token.as_slice().try_into().unwrap();
+    let (_, code, resp) = b.call(&mut h, method::ALLOCATE, move |m| {
+        m.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::RESERVATION_TOKEN, &t);
+    });
+    assert_eq!(code, None);
+    let relay2 = Message::parse(&resp)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(relay2.port(), relay.port() + 1);
+    // An unknown token: 508, and the quota is given back.
+    let mut c = Client::rest("192.0.2.1:1002", "carol", 3600);
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |m| {
+        m.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::RESERVATION_TOKEN, &[1; 8]);
+    });
+    assert_eq!(code, Some(508));
+    // A token with EVEN-PORT, or of the wrong size: 400.
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |m| {
+        m.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::RESERVATION_TOKEN, &[7; 8])
+            .add(attr::EVEN_PORT, &[0]);
+    });
+    assert_eq!(code, Some(400));
+    let (_, code, _) = c.call(&mut h, method::ALLOCATE, |m| {
+        m.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::RESERVATION_TOKEN, &[7; 4]);
+    });
+    assert_eq!(code, Some(400));
+    assert_eq!(h.server.quotas.total(), 2);
 }
