@@ -24,6 +24,7 @@ pub struct Config {
     pub general: General,
     pub auth: Auth,
     pub turn: Turn,
+    pub signal: Signal,
 }
 
 /// Process-wide settings.
@@ -161,6 +162,99 @@ impl Default for Turn {
             allow_peers: vec![],
             deny_peers: vec![],
             http_listen: Some("127.0.0.1:9478".parse().expect("literal")),
+        }
+    }
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Anyone (rate-limited per address).
+    Open,
+    /// `X-Api-Key`, `Authorization: Bearer`, `?key=` or `?api=` (ICE endpoint only).
+    ApiKey,
+    /// An HS256 JWT signed with `signal.jwt_secret`.
+    Jwt,
+}
+
+/// An API key for `/v1/ice-servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Becomes the user id of credentials minted with this key.
+    pub name: String,
+    pub key: Secret,
+}
+
+/// The signaling role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signal {
+    /// HTTP and WebSocket listener.
+    pub listen: SocketAddr,
+    /// Who may open `/v1/signal`: `open` or `jwt`.
+    pub auth: AuthMode,
+    /// Who may call `/v1/ice-servers`: `open`, `api-key` or `jwt`.
+    pub ice_auth: AuthMode,
+    /// HS256 key for `jwt` modes.
+    pub jwt_secret: Option<Secret>,
+    pub api_keys: Vec<ApiKey>,
+    /// Origins allowed for browsers (exact `scheme://host[:port]`, or `*`). Requests
+    /// without an Origin header (non-browser clients) and same-origin requests are always
+    /// allowed.
+    pub allowed_origins: Vec<String>,
+    /// Refuse clients that do not offer the `callbox.v1` subprotocol.
+    pub require_subprotocol: bool,
+    pub room_capacity: usize,
+    /// Largest message accepted, in bytes (close 1009 past it).
+    pub max_message_bytes: usize,
+    pub heartbeat_ms: u64,
+    /// Seconds a dropped connection keeps its place for a resume.
+    pub resume_grace: u64,
+    pub resume_log_messages: usize,
+    pub resume_log_bytes: usize,
+    /// Bytes queued for a slow reader before it is closed with 4013.
+    pub send_buffer_bytes: usize,
+    pub max_connections_per_address: usize,
+    /// Messages per 10-second window.
+    pub rate_per_connection: u32,
+    pub rate_per_address: u32,
+    pub rate_per_room: u32,
+    /// `/v1/ice-servers` and `/v1/signal/validate` requests per address per 10 s (open mode).
+    pub http_rate_per_address: u32,
+    /// Seconds between SIGTERM and exit, for clients to move elsewhere.
+    pub drain_seconds: u64,
+    /// TURN/STUN URLs to hand out when the turn role does not run in this process.
+    pub turn_urls: Vec<String>,
+    pub stun_urls: Vec<String>,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("literal"),
+            auth: AuthMode::Open,
+            ice_auth: AuthMode::Open,
+            jwt_secret: None,
+            api_keys: vec![],
+            allowed_origins: vec![],
+            require_subprotocol: false,
+            room_capacity: 8,
+            max_message_bytes: 64 * 1024,
+            heartbeat_ms: 15_000,
+            resume_grace: 30,
+            resume_log_messages: 256,
+            resume_log_bytes: 1 << 20,
+            send_buffer_bytes: 1 << 20,
+            max_connections_per_address: 50,
+            rate_per_connection: 500,
+            rate_per_address: 2000,
+            rate_per_room: 2000,
+            http_rate_per_address: 100,
+            drain_seconds: 20,
+            turn_urls: vec![],
+            stun_urls: vec![],
         }
     }
 }
@@ -440,6 +534,65 @@ impl Config {
             && (ip.is_unspecified() || ip.is_multicast() || ip.to_ipv4_mapped().is_some())
         {
             p.push(("turn.relay_ipv6".into(), format!("{ip} cannot be a relay address")));
+        }
+        let sg = &self.signal;
+        let uses_jwt = sg.auth == AuthMode::Jwt || sg.ice_auth == AuthMode::Jwt;
+        if uses_jwt && sg.jwt_secret.is_none() {
+            p.push(("signal.jwt_secret".into(), "is required when signal.auth or signal.ice_auth is `jwt`".into()));
+        }
+        if sg.auth == AuthMode::ApiKey {
+            p.push(("signal.auth".into(), "must be `open` or `jwt` (API keys are for signal.ice_auth)".into()));
+        }
+        if sg.ice_auth == AuthMode::ApiKey && sg.api_keys.is_empty() {
+            p.push(("signal.api_keys".into(), "at least one key is needed when signal.ice_auth is `api-key`".into()));
+        }
+        for (i, k) in sg.api_keys.iter().enumerate() {
+            if !crate::credentials::valid_user_id(&k.name) {
+                p.push((format!("signal.api_keys.{i}.name"), "must be 1-64 of A-Za-z0-9_.@-".into()));
+            }
+            if k.key.expose().len() < 16 {
+                p.push((format!("signal.api_keys.{i}.key"), "must be at least 16 characters".into()));
+            }
+        }
+        for (key, v) in [
+            ("signal.room_capacity", sg.room_capacity as u64),
+            ("signal.max_message_bytes", sg.max_message_bytes as u64),
+            ("signal.heartbeat_ms", sg.heartbeat_ms),
+            ("signal.resume_log_messages", sg.resume_log_messages as u64),
+            ("signal.resume_log_bytes", sg.resume_log_bytes as u64),
+            ("signal.send_buffer_bytes", sg.send_buffer_bytes as u64),
+            ("signal.max_connections_per_address", sg.max_connections_per_address as u64),
+            ("signal.rate_per_connection", u64::from(sg.rate_per_connection)),
+            ("signal.rate_per_address", u64::from(sg.rate_per_address)),
+            ("signal.rate_per_room", u64::from(sg.rate_per_room)),
+            ("signal.http_rate_per_address", u64::from(sg.http_rate_per_address)),
+        ] {
+            if v == 0 {
+                p.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if sg.room_capacity > 1000 {
+            p.push(("signal.room_capacity".into(), "must be at most 1000".into()));
+        }
+        if sg.heartbeat_ms < 100 {
+            p.push(("signal.heartbeat_ms".into(), "must be at least 100".into()));
+        }
+        for (i, o) in sg.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                p.push((format!("signal.allowed_origins.{i}"), format!("`{o}` is not `*` or an http(s) origin")));
+            }
+        }
+        for (name, urls) in [("signal.turn_urls", &sg.turn_urls), ("signal.stun_urls", &sg.stun_urls)] {
+            for (i, u) in urls.iter().enumerate() {
+                let ok = if name == "signal.turn_urls" {
+                    u.starts_with("turn:") || u.starts_with("turns:")
+                } else {
+                    u.starts_with("stun:") || u.starts_with("stuns:")
+                };
+                if !ok {
+                    p.push((format!("{name}.{i}"), format!("`{u}` is not a {} URL", &name[7..11])));
+                }
+            }
         }
         let a = &self.auth;
         if a.credential_ttl == 0 || a.credential_ttl > a.max_credential_ttl {

@@ -73,10 +73,22 @@ impl TurnEndpoints {
 
 /// Builds the list for `user`, valid for `ttl` seconds from `now` (unix seconds).
 pub fn build(endpoints: &TurnEndpoints, secrets: &SecretSet, user: &str, now: u64, ttl: u64) -> IceServers {
+    build_from_urls(&endpoints.stun_urls(), &endpoints.turn_urls(), secrets, user, now, ttl)
+}
+
+/// Builds the list from explicit URL lists (a signal role pointed at TURN servers elsewhere).
+pub fn build_from_urls(
+    stun: &[String],
+    turn: &[String],
+    secrets: &SecretSet,
+    user: &str,
+    now: u64,
+    ttl: u64,
+) -> IceServers {
     let (username, password) = credentials::mint(secrets.signing(), user, now, ttl);
-    let turn_urls = endpoints.turn_urls();
+    let turn_urls = turn.to_vec();
     let mut ice_servers = Vec::new();
-    let stun = endpoints.stun_urls();
+    let stun = stun.to_vec();
     if !stun.is_empty() {
         ice_servers.push(IceServer {
             urls: stun,

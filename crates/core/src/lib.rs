@@ -7,6 +7,7 @@
 pub mod config;
 pub mod credentials;
 pub mod ice;
+pub mod jwt;
 pub mod policy;
 pub mod secret;
 

@@ -1,0 +1,221 @@
+//! One signaling connection, generic over the WebSocket's `Sink` and `Stream` so tests can
+//! drive it with channels. It feeds frames to the [`Hub`], writes what the hub queues,
+//! pings, pushes fresh ICE servers, and reports how it ended.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+use crate::hub::{Ended, Hub, Outbox, Verdict};
+use crate::metrics::SignalMetrics;
+
+/// The hub's handle on a connection: an unbounded queue whose bytes are counted against
+/// the send buffer limit, and a close request.
+pub struct ConnOutbox {
+    tx: mpsc::UnboundedSender<Arc<str>>,
+    queued: AtomicUsize,
+    limit: usize,
+    close: Mutex<Option<(u16, String)>>,
+    notify: Notify,
+    metrics: Arc<SignalMetrics>,
+}
+
+impl std::fmt::Debug for ConnOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnOutbox").field("queued", &self.queued).finish()
+    }
+}
+
+impl ConnOutbox {
+    pub fn new(limit: usize, metrics: Arc<SignalMetrics>) -> (Arc<Self>, mpsc::UnboundedReceiver<Arc<str>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Self {
+                tx,
+                queued: AtomicUsize::new(0),
+                limit,
+                close: Mutex::new(None),
+                notify: Notify::new(),
+                metrics,
+            }),
+            rx,
+        )
+    }
+
+    fn take_close(&self) -> Option<(u16, String)> {
+        self.close.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Outbox for ConnOutbox {
+    fn send(&self, text: Arc<str>) -> bool {
+        let n = text.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        if self.tx.send(text).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        true
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        let mut c = self.close.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_none() {
+            if code == 4013 {
+                self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reject("slow-reader");
+            }
+            *c = Some((code, reason.to_string()));
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Everything a connection needs besides its socket.
+pub struct ConnContext {
+    pub hub: Arc<Hub>,
+    pub room: String,
+    pub peer_id: String,
+    pub conn: u64,
+    pub addr: IpAddr,
+    pub outbox: Arc<ConnOutbox>,
+    pub rx: mpsc::UnboundedReceiver<Arc<str>>,
+    pub heartbeat: Duration,
+    pub max_message: usize,
+    /// Fresh ICE servers and their TTL for this peer.
+    pub ice: Arc<dyn Fn() -> (Value, u64) + Send + Sync>,
+    pub ice_ttl: u64,
+}
+
+impl std::fmt::Debug for ConnContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnContext")
+            .field("room", &self.room)
+            .field("peer_id", &self.peer_id)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// How the server's own close codes end a peer's membership.
+fn ended_by(code: u16) -> Ended {
+    match code {
+        1000 => Ended::Left,
+        4000 => Ended::Replaced,
+        4003 | 4009 => Ended::Kicked,
+        // Draining: the client reconnects elsewhere with its resume token.
+        4012 => Ended::Dropped,
+        _ => Ended::Error,
+    }
+}
+
+/// Runs the connection until it ends, then tells the hub how.
+pub async fn drive<S, R, E>(mut sink: S, mut stream: R, mut ctx: ConnContext)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut last_rx = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + ctx.heartbeat, ctx.heartbeat);
+    // Fresh credentials at about half their lifetime, before the last ones expire.
+    let ice_every = Duration::from_secs((ctx.ice_ttl / 2).max(1));
+    let mut ice_timer = tokio::time::interval_at(tokio::time::Instant::now() + ice_every, ice_every);
+    let hub = Arc::clone(&ctx.hub);
+    let ended = loop {
+        tokio::select! {
+            biased;
+            () = ctx.outbox.notify.notified() => {
+                if let Some((code, reason)) = ctx.outbox.take_close() {
+                    let _ = sink.send(close_message(code, &reason)).await;
+                    break ended_by(code);
+                }
+            }
+            Some(text) = ctx.rx.recv() => {
+                ctx.outbox.queued.fetch_sub(text.len(), Ordering::AcqRel);
+                if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    break Ended::Dropped;
+                }
+            }
+            frame = stream.next() => {
+                last_rx = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if text.len() > ctx.max_message {
+                            hub.metrics.reject("too-large");
+                            let _ = sink.send(close_message(1009, "message too large")).await;
+                            break Ended::Error;
+                        }
+                        let ice = Arc::clone(&ctx.ice);
+                        match hub.message(&ctx.room, &ctx.peer_id, ctx.conn, text.as_str(), Instant::now(), &*ice) {
+                            Verdict::Continue => {}
+                            Verdict::Close(code) => {
+                                // Whatever the hub queued before (e.g. the last error) goes first.
+                                while let Ok(t) = ctx.rx.try_recv() {
+                                    ctx.outbox.queued.fetch_sub(t.len(), Ordering::AcqRel);
+                                    let _ = sink.send(Message::Text(t.as_ref().into())).await;
+                                }
+                                let reason = if code == 1000 { "left" } else { "rate limit exceeded repeatedly" };
+                                let _ = sink.send(close_message(code, reason)).await;
+                                break if code == 1000 { Ended::Replaced } else { Ended::Error };
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        hub.metrics.message("binary");
+                        let _ = sink.send(close_message(1003, "binary frames are not accepted")).await;
+                        break Ended::Error;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.as_ref().map_or(1005, |f| f.code);
+                        let _ = sink.send(close_message(if code == 1001 { 1000 } else { code.min(4999).max(1000) }, "")).await;
+                        break if matches!(code, 1000 | 1001) { Ended::Left } else { Ended::Dropped };
+                    }
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("limit exceeded") || text.contains("too long") || text.contains("too big") {
+                            hub.metrics.reject("too-large");
+                            let _ = sink.send(close_message(1009, "message too large")).await;
+                            break Ended::Error;
+                        }
+                        break Ended::Dropped;
+                    }
+                    None => break Ended::Dropped,
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_rx.elapsed() >= ctx.heartbeat * 2 {
+                    break Ended::Dropped;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break Ended::Dropped;
+                }
+            }
+            _ = ice_timer.tick() => {
+                let (list, ttl) = (ctx.ice)();
+                hub.push_ice(&ctx.room, &ctx.peer_id, ctx.conn, &list, ttl);
+            }
+        }
+    };
+    let _ = sink.close().await;
+    tracing::debug!(room = %ctx.room, peer = %ctx.peer_id, ?ended, "signaling connection ended");
+    // `leave` already removed the peer (reported as Replaced so nothing happens twice).
+    hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+    let _ = ctx.addr;
+}

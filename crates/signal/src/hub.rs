@@ -1,0 +1,839 @@
+//! Rooms, peers, presence, relay, resume logs and rate limits: the signaling state machine.
+//!
+//! No sockets here. A connection is represented by an [`Outbox`] the hub pushes text to
+//! (and asks to close); the connection task feeds frames in and reports how it ended.
+//! Rooms are spread over shards by the hash of their id; everything a message touches
+//! lives in its room's shard, so one lock is taken per message and rooms on other shards
+//! never wait.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::metrics::SignalMetrics;
+
+/// Where the hub sends a connection's messages.
+pub trait Outbox: Send + Sync {
+    /// Queues a text frame; `false` when the reader is too slow (over its send buffer).
+    fn send(&self, text: Arc<str>) -> bool;
+    /// Asks the connection to close with `code` (the connection reports back when it did).
+    fn close(&self, code: u16, reason: &str);
+}
+
+/// Limits and timings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub capacity: usize,
+    pub grace: Duration,
+    pub log_messages: usize,
+    pub log_bytes: usize,
+    pub rate_per_connection: u32,
+    pub rate_per_address: u32,
+    pub rate_per_room: u32,
+    pub window: Duration,
+    pub heartbeat_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 8,
+            grace: Duration::from_secs(30),
+            log_messages: 256,
+            log_bytes: 1 << 20,
+            rate_per_connection: 500,
+            rate_per_address: 2000,
+            rate_per_room: 2000,
+            window: Duration::from_secs(10),
+            heartbeat_ms: 15_000,
+        }
+    }
+}
+
+/// Why a join or resume is refused (answered before the upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    Full,
+    ResumeExpired,
+    ResumeGap,
+    BadResume,
+}
+
+impl JoinError {
+    pub fn status_and_code(self) -> (u16, &'static str, &'static str) {
+        match self {
+            JoinError::Full => (409, "room-full", "the room is full"),
+            JoinError::ResumeExpired => (410, "resume-expired", "the resume token is unknown, used or past its grace"),
+            JoinError::ResumeGap => (410, "resume-gap", "messages since last_seq are no longer kept; join afresh"),
+            JoinError::BadResume => (400, "bad-resume", "last_seq is above the last seq sent"),
+        }
+    }
+}
+
+/// How a connection ended, as its task reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `leave`, or a close frame 1000/1001 from the client: no resume.
+    Left,
+    /// Lost without a close: the peer keeps its place for the grace period.
+    Dropped,
+    /// Closed by the server for 1003, 1009, 4013 or 4029.
+    Error,
+    /// Replaced by a resumed connection (4000): nothing to do.
+    Replaced,
+    /// Kicked by admin (4003) or room closed (4009).
+    Kicked,
+}
+
+/// What the connection does after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Close with this code (1000 after `leave`, 4029 for repeated rate limit abuse).
+    Close(u16),
+}
+
+/// A joined (or resumed) connection's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub peer_id: String,
+    pub conn: u64,
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: Option<Instant>,
+    count: u32,
+    over: bool,
+    warned: bool,
+    /// Consecutive windows (including this one) in which the limit was passed.
+    streak: u32,
+}
+
+impl Window {
+    /// Counts one message at `now`; true if it is within `limit`.
+    fn hit(&mut self, now: Instant, window: Duration, limit: u32) -> bool {
+        match self.start {
+            Some(s) if now < s + window => {}
+            Some(s) => {
+                let next_adjacent = now < s + window * 2;
+                self.streak = if self.over && next_adjacent { self.streak } else { 0 };
+                *self = Window {
+                    start: Some(now),
+                    streak: self.streak,
+                    ..Window::default()
+                };
+            }
+            None => self.start = Some(now),
+        }
+        self.count += 1;
+        if self.count > limit {
+            if !self.over {
+                self.over = true;
+                self.streak += 1;
+            }
+            false
+        } else {
+            true
+        }
+    }
+}
+
+struct LogEntry {
+    seq: u64,
+    text: Arc<str>,
+}
+
+struct Peer {
+    id: String,
+    meta: Value,
+    addr: IpAddr,
+    conn: u64,
+    outbox: Option<Arc<dyn Outbox>>,
+    /// Last seq sent to this peer.
+    seq: u64,
+    log: VecDeque<LogEntry>,
+    log_bytes: usize,
+    /// Set when the log had to drop an entry: resumes from before it fail with a gap.
+    first_kept: u64,
+    resume_token: String,
+    grace_until: Option<Instant>,
+    /// The log dropped an entry while the peer was away: its grace ends at once.
+    overflowed: bool,
+    rate: Window,
+}
+
+struct Room {
+    peers: Vec<Peer>,
+    /// Slots held by upgrades in progress.
+    reserved: usize,
+    rate: Window,
+}
+
+#[derive(Default)]
+struct Shard {
+    rooms: HashMap<String, Room>,
+    /// Resume token -> (room, peer id).
+    tokens: HashMap<String, (String, String)>,
+}
+
+/// Per-address state: live connections and the message window. An entry exists only
+/// while its address has connections, so the table is bounded by connections.
+#[derive(Default)]
+struct AddrEntry {
+    conns: usize,
+    rate: Window,
+}
+
+/// The signaling state of this process.
+pub struct Hub {
+    cfg: HubConfig,
+    shards: Vec<Mutex<Shard>>,
+    addrs: Mutex<HashMap<IpAddr, AddrEntry>>,
+    next_conn: AtomicU64,
+    random: Box<dyn Fn() -> u128 + Send + Sync>,
+    pub metrics: Arc<SignalMetrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("cfg", &self.cfg).finish()
+    }
+}
+
+const SHARDS: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `{"seq":N,` + the rest of `body` (which starts with `{`).
+fn with_seq(seq: u64, body: &str) -> Arc<str> {
+    let rest = &body[1..];
+    let sep = if rest.starts_with('}') { "" } else { "," };
+    Arc::from(format!("{{\"seq\":{seq}{sep}{rest}"))
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+impl Hub {
+    /// `random` yields unpredictable numbers for peer ids and resume tokens.
+    pub fn new(cfg: HubConfig, metrics: Arc<SignalMetrics>, random: Box<dyn Fn() -> u128 + Send + Sync>) -> Self {
+        Self {
+            cfg,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            addrs: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            random,
+            metrics,
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    fn shard(&self, room: &str) -> &Mutex<Shard> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Counts a connection from `addr`; false when it already has `max`.
+    pub fn connect_address(&self, addr: IpAddr, max: usize) -> bool {
+        let mut addrs = lock(&self.addrs);
+        let e = addrs.entry(addr).or_default();
+        if e.conns >= max {
+            if e.conns == 0 {
+                addrs.remove(&addr);
+            }
+            return false;
+        }
+        e.conns += 1;
+        true
+    }
+
+    pub fn disconnect_address(&self, addr: IpAddr) {
+        let mut addrs = lock(&self.addrs);
+        if let Some(e) = addrs.get_mut(&addr) {
+            e.conns -= 1;
+            if e.conns == 0 {
+                addrs.remove(&addr);
+            }
+        }
+    }
+
+    /// Connections counted for `addr`.
+    pub fn address_conns(&self, addr: IpAddr) -> usize {
+        lock(&self.addrs).get(&addr).map_or(0, |e| e.conns)
+    }
+
+    /// Live per-address entries (bounded by connections).
+    pub fn address_entries(&self) -> usize {
+        lock(&self.addrs).len()
+    }
+
+    /// The checks a join or resume will make, without changing anything (for
+    /// `/v1/signal/validate` and the pre-upgrade refusal).
+    pub fn check(&self, room: &str, resume: Option<(&str, u64)>, now: Instant) -> Result<(), JoinError> {
+        let shard = lock(self.shard(room));
+        match resume {
+            Some((token, last_seq)) => Self::check_resume(&shard, room, token, last_seq, now).map(|_| ()),
+            None => match shard.rooms.get(room) {
+                Some(r) if r.peers.len() + r.reserved >= self.cfg.capacity => Err(JoinError::Full),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn check_resume<'s>(shard: &'s Shard, room: &str, token: &str, last_seq: u64, now: Instant) -> Result<&'s Peer, JoinError> {
+        let Some((troom, pid)) = shard.tokens.get(token) else {
+            return Err(JoinError::ResumeExpired);
+        };
+        if troom != room {
+            return Err(JoinError::ResumeExpired);
+        }
+        let peer = shard
+            .rooms
+            .get(room)
+            .and_then(|r| r.peers.iter().find(|p| &p.id == pid))
+            .ok_or(JoinError::ResumeExpired)?;
+        if peer.grace_until.is_some_and(|g| g <= now) {
+            return Err(JoinError::ResumeExpired);
+        }
+        if last_seq > peer.seq {
+            return Err(JoinError::BadResume);
+        }
+        if last_seq + 1 < peer.first_kept {
+            return Err(JoinError::ResumeGap);
+        }
+        Ok(peer)
+    }
+
+    /// Holds a slot in `room` for an upgrade in progress; release with [`Hub::unreserve`]
+    /// unless [`Hub::join`] consumed it.
+    pub fn reserve(&self, room: &str) -> Result<(), JoinError> {
+        let mut shard = lock(self.shard(room));
+        let r = shard.rooms.entry(room.to_string()).or_insert_with(|| Room {
+            peers: Vec::new(),
+            reserved: 0,
+            rate: Window::default(),
+        });
+        if r.peers.len() + r.reserved >= self.cfg.capacity {
+            if r.peers.is_empty() && r.reserved == 0 {
+                shard.rooms.remove(room);
+            }
+            return Err(JoinError::Full);
+        }
+        r.reserved += 1;
+        Ok(())
+    }
+
+    pub fn unreserve(&self, room: &str) {
+        let mut shard = lock(self.shard(room));
+        if let Some(r) = shard.rooms.get_mut(room) {
+            r.reserved = r.reserved.saturating_sub(1);
+            if r.peers.is_empty() && r.reserved == 0 {
+                shard.rooms.remove(room);
+                self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn new_token(&self) -> String {
+        format!("{:032x}", (self.random)())
+    }
+
+    /// Joins a reserved slot: sends `welcome` to the newcomer and `peer-joined` to the others.
+    pub fn join(
+        &self,
+        room: &str,
+        meta: Value,
+        addr: IpAddr,
+        outbox: Arc<dyn Outbox>,
+        ice: &Value,
+        ice_ttl: u64,
+        _now: Instant,
+    ) -> Joined {
+        let mut shard = lock(self.shard(room));
+        let shard = &mut *shard;
+        let peer_id = format!("p-{:016x}", (self.random)() as u64);
+        let token = self.new_token();
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let r = shard.rooms.entry(room.to_string()).or_insert_with(|| Room {
+            peers: Vec::new(),
+            reserved: 1,
+            rate: Window::default(),
+        });
+        if r.peers.is_empty() {
+            self.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        }
+        r.reserved = r.reserved.saturating_sub(1);
+        let peers: Vec<Value> = r
+            .peers
+            .iter()
+            .map(|p| json!({"peer_id": p.id, "meta": p.meta}))
+            .collect();
+        let welcome = json!({
+            "type": "welcome",
+            "peer_id": peer_id,
+            "room": room,
+            "peers": peers,
+            "ice_servers": ice,
+            "ice_ttl": ice_ttl,
+            "resume_token": token,
+            "heartbeat_ms": self.cfg.heartbeat_ms,
+            "resumed": false,
+        });
+        outbox.send(Arc::from(welcome.to_string()));
+        let joined_body = json!({"type": "peer-joined", "peer_id": peer_id, "meta": meta}).to_string();
+        for p in r.peers.iter_mut() {
+            Self::deliver(&self.cfg, p, &joined_body);
+        }
+        r.peers.push(Peer {
+            id: peer_id.clone(),
+            meta,
+            addr,
+            conn,
+            outbox: Some(outbox),
+            seq: 0,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            first_kept: 1,
+            resume_token: token.clone(),
+            grace_until: None,
+            overflowed: false,
+            rate: Window::default(),
+        });
+        shard.tokens.insert(token, (room.to_string(), peer_id.clone()));
+        self.metrics.peers.fetch_add(1, Ordering::Relaxed);
+        Self::end_overflowed_graces(&self.cfg, shard, room, &self.metrics);
+        Joined {
+            peer_id,
+            conn,
+            resumed: false,
+        }
+    }
+
+    /// Takes over a peer's place with a new connection: `welcome` with `resumed: true`,
+    /// then every logged message after `last_seq`.
+    pub fn resume(
+        &self,
+        room: &str,
+        token: &str,
+        last_seq: u64,
+        outbox: Arc<dyn Outbox>,
+        ice: &Value,
+        ice_ttl: u64,
+        now: Instant,
+    ) -> Result<Joined, JoinError> {
+        let mut shard = lock(self.shard(room));
+        let shard = &mut *shard;
+        Self::check_resume(shard, room, token, last_seq, now)?;
+        let (_, pid) = shard.tokens.remove(token).expect("checked");
+        let new_token = self.new_token();
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let r = shard.rooms.get_mut(room).expect("checked");
+        let others: Vec<Value> = r
+            .peers
+            .iter()
+            .filter(|p| p.id != pid)
+            .map(|p| json!({"peer_id": p.id, "meta": p.meta}))
+            .collect();
+        let peer = r.peers.iter_mut().find(|p| p.id == pid).expect("checked");
+        if let Some(old) = peer.outbox.take() {
+            old.close(4000, "replaced by a resumed connection");
+        }
+        let welcome = json!({
+            "type": "welcome",
+            "peer_id": pid,
+            "room": room,
+            "peers": others,
+            "ice_servers": ice,
+            "ice_ttl": ice_ttl,
+            "resume_token": new_token,
+            "heartbeat_ms": self.cfg.heartbeat_ms,
+            "resumed": true,
+        });
+        outbox.send(Arc::from(welcome.to_string()));
+        for e in peer.log.iter().filter(|e| e.seq > last_seq) {
+            outbox.send(Arc::clone(&e.text));
+        }
+        peer.outbox = Some(outbox);
+        peer.conn = conn;
+        peer.grace_until = None;
+        peer.overflowed = false;
+        peer.resume_token = new_token.clone();
+        shard.tokens.insert(new_token, (room.to_string(), pid.clone()));
+        self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
+        Ok(Joined {
+            peer_id: pid,
+            conn,
+            resumed: true,
+        })
+    }
+
+    /// Appends a message (with the peer's next seq) to its log and sends it if connected.
+    fn deliver(cfg: &HubConfig, p: &mut Peer, body: &str) {
+        p.seq += 1;
+        let text = with_seq(p.seq, body);
+        p.log_bytes += text.len();
+        p.log.push_back(LogEntry {
+            seq: p.seq,
+            text: Arc::clone(&text),
+        });
+        while p.log.len() > cfg.log_messages || p.log_bytes > cfg.log_bytes {
+            let Some(old) = p.log.pop_front() else { break };
+            p.log_bytes -= old.text.len();
+            p.first_kept = old.seq + 1;
+            if p.outbox.is_none() {
+                p.overflowed = true;
+            }
+        }
+        if let Some(o) = &p.outbox
+            && !o.send(text)
+        {
+            o.close(4013, "too slow to read");
+        }
+    }
+
+    /// Ends at once the grace of peers whose log overflowed while they were away.
+    fn end_overflowed_graces(cfg: &HubConfig, shard: &mut Shard, room: &str, metrics: &SignalMetrics) {
+        let gone: Vec<String> = match shard.rooms.get(room) {
+            Some(r) => r
+                .peers
+                .iter()
+                .filter(|p| p.outbox.is_none() && p.overflowed)
+                .map(|p| p.id.clone())
+                .collect(),
+            None => return,
+        };
+        for id in gone {
+            Self::remove_peer(cfg, shard, room, &id, "timeout", metrics);
+        }
+    }
+
+    fn remove_peer(cfg: &HubConfig, shard: &mut Shard, room: &str, peer_id: &str, reason: &str, metrics: &SignalMetrics) {
+        let Some(r) = shard.rooms.get_mut(room) else { return };
+        let Some(i) = r.peers.iter().position(|p| p.id == peer_id) else { return };
+        let p = r.peers.remove(i);
+        shard.tokens.remove(&p.resume_token);
+        metrics.peers.fetch_sub(1, Ordering::Relaxed);
+        let body = json!({"type": "peer-left", "peer_id": peer_id, "reason": reason}).to_string();
+        for other in r.peers.iter_mut() {
+            Self::deliver(cfg, other, &body);
+        }
+        if r.peers.is_empty() && r.reserved == 0 {
+            shard.rooms.remove(room);
+            metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
+        // The peer-left may have overflowed the log of a peer that is away.
+        Self::end_overflowed_graces(cfg, shard, room, metrics);
+    }
+
+    /// The connection `conn` of `peer_id` ended.
+    pub fn ended(&self, room: &str, peer_id: &str, conn: u64, how: Ended, now: Instant) {
+        let mut shard = lock(self.shard(room));
+        let shard = &mut *shard;
+        let Some(p) = shard
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.peers.iter_mut().find(|p| p.id == peer_id))
+        else {
+            return;
+        };
+        if p.conn != conn {
+            // An older connection of a peer that resumed since: nothing to do.
+            return;
+        }
+        match how {
+            Ended::Replaced => {}
+            Ended::Dropped => {
+                p.outbox = None;
+                p.grace_until = Some(now + self.cfg.grace);
+            }
+            Ended::Left => Self::remove_peer(&self.cfg, shard, room, peer_id, "left", &self.metrics),
+            Ended::Error => Self::remove_peer(&self.cfg, shard, room, peer_id, "error", &self.metrics),
+            Ended::Kicked => Self::remove_peer(&self.cfg, shard, room, peer_id, "kicked", &self.metrics),
+        }
+    }
+
+    /// Ends expired graces (`peer-left` with `timeout`). Call about once a second.
+    pub fn tick(&self, now: Instant) {
+        for s in &self.shards {
+            let mut shard = lock(s);
+            let shard = &mut *shard;
+            let expired: Vec<(String, String)> = shard
+                .rooms
+                .iter()
+                .flat_map(|(room, r)| {
+                    r.peers
+                        .iter()
+                        .filter(|p| p.grace_until.is_some_and(|g| g <= now))
+                        .map(move |p| (room.clone(), p.id.clone()))
+                })
+                .collect();
+            for (room, id) in expired {
+                Self::remove_peer(&self.cfg, shard, &room, &id, "timeout", &self.metrics);
+            }
+        }
+    }
+
+    /// Sends fresh ICE servers to a peer (periodic push and answer to `ice-servers`).
+    pub fn push_ice(&self, room: &str, peer_id: &str, conn: u64, ice: &Value, ttl: u64) {
+        let body = json!({"type": "ice-servers", "ice_servers": ice, "ice_ttl": ttl}).to_string();
+        self.to_peer(room, peer_id, conn, &body);
+    }
+
+    fn to_peer(&self, room: &str, peer_id: &str, conn: u64, body: &str) {
+        let mut shard = lock(self.shard(room));
+        if let Some(p) = shard
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.peers.iter_mut().find(|p| p.id == peer_id && p.conn == conn))
+        {
+            Self::deliver(&self.cfg, p, body);
+        }
+    }
+
+    /// Closes every connection of a room with 4009 (admin).
+    pub fn close_room(&self, room: &str) -> usize {
+        let shard = lock(self.shard(room));
+        let Some(r) = shard.rooms.get(room) else { return 0 };
+        let mut n = 0;
+        for p in &r.peers {
+            if let Some(o) = &p.outbox {
+                o.close(4009, "room closed");
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Closes every live connection with `code` (4012 when draining).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for s in &self.shards {
+            let shard = lock(s);
+            for r in shard.rooms.values() {
+                for p in &r.peers {
+                    if let Some(o) = &p.outbox {
+                        o.close(code, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame from `peer_id` on connection `conn`. `ice` is called when
+    /// the peer asks for fresh ICE servers.
+    pub fn message(
+        &self,
+        room: &str,
+        peer_id: &str,
+        conn: u64,
+        text: &str,
+        now: Instant,
+        ice: &dyn Fn() -> (Value, u64),
+    ) -> Verdict {
+        let started = Instant::now();
+        // The address window is checked outside the room's lock.
+        let addr = {
+            let shard = lock(self.shard(room));
+            match shard
+                .rooms
+                .get(room)
+                .and_then(|r| r.peers.iter().find(|p| p.id == peer_id && p.conn == conn))
+            {
+                Some(p) => p.addr,
+                None => return Verdict::Continue,
+            }
+        };
+        let addr_ok = {
+            let mut addrs = lock(&self.addrs);
+            addrs
+                .get_mut(&addr)
+                .is_none_or(|e| e.rate.hit(now, self.cfg.window, self.cfg.rate_per_address))
+        };
+        let mut shard = lock(self.shard(room));
+        let shard = &mut *shard;
+        let Some(r) = shard.rooms.get_mut(room) else {
+            return Verdict::Continue;
+        };
+        let room_ok = r.rate.hit(now, self.cfg.window, self.cfg.rate_per_room);
+        let Some(pi) = r.peers.iter().position(|p| p.id == peer_id && p.conn == conn) else {
+            return Verdict::Continue;
+        };
+        let conn_ok = r.peers[pi].rate.hit(now, self.cfg.window, self.cfg.rate_per_connection);
+        if !(conn_ok && addr_ok && room_ok) {
+            self.metrics.reject("rate-limited");
+            let p = &mut r.peers[pi];
+            if p.rate.streak >= 3 {
+                return Verdict::Close(4029);
+            }
+            let warned = if conn_ok { false } else { std::mem::replace(&mut p.rate.warned, true) };
+            if !warned {
+                Self::deliver(&self.cfg, p, &error_body("rate-limited", "too many messages; this one was dropped"));
+            }
+            return Verdict::Continue;
+        }
+        let parsed = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(msg) => {
+                self.metrics.reject("bad-message");
+                Self::deliver(&self.cfg, &mut r.peers[pi], &error_body("bad-message", &msg));
+                return Verdict::Continue;
+            }
+        };
+        match parsed {
+            ClientMessage::Ping => {
+                self.metrics.message("ping");
+                Self::deliver(&self.cfg, &mut r.peers[pi], r#"{"type":"pong"}"#);
+                Verdict::Continue
+            }
+            ClientMessage::IceServers => {
+                self.metrics.message("ice-servers");
+                let (list, ttl) = ice();
+                let body = json!({"type": "ice-servers", "ice_servers": list, "ice_ttl": ttl}).to_string();
+                Self::deliver(&self.cfg, &mut r.peers[pi], &body);
+                Verdict::Continue
+            }
+            ClientMessage::Leave => {
+                self.metrics.message("leave");
+                Self::remove_peer(&self.cfg, shard, room, peer_id, "left", &self.metrics);
+                Verdict::Close(1000)
+            }
+            ClientMessage::Relay { kind, to, mut object } => {
+                let to_idx = match &to {
+                    Some(id) => match r.peers.iter().position(|p| &p.id == id) {
+                        Some(i) if i != pi => Some(i),
+                        _ => {
+                            self.metrics.reject("unknown-peer");
+                            Self::deliver(
+                                &self.cfg,
+                                &mut r.peers[pi],
+                                &error_body("unknown-peer", "`to` names no other peer in this room"),
+                            );
+                            return Verdict::Continue;
+                        }
+                    },
+                    None => None,
+                };
+                object.insert("from".into(), Value::String(peer_id.to_string()));
+                let body = Value::Object(object).to_string();
+                match to_idx {
+                    Some(i) => Self::deliver(&self.cfg, &mut r.peers[i], &body),
+                    None => {
+                        for (i, p) in r.peers.iter_mut().enumerate() {
+                            if i != pi {
+                                Self::deliver(&self.cfg, p, &body);
+                            }
+                        }
+                    }
+                }
+                self.metrics.message(kind);
+                self.metrics.observe_relay(started.elapsed());
+                Self::end_overflowed_graces(&self.cfg, shard, room, &self.metrics);
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// Rooms and peers now (for metrics and admin).
+    pub fn counts(&self) -> (usize, usize) {
+        let mut rooms = 0;
+        let mut peers = 0;
+        for s in &self.shards {
+            let shard = lock(s);
+            rooms += shard.rooms.values().filter(|r| !r.peers.is_empty()).count();
+            peers += shard.rooms.values().map(|r| r.peers.len()).sum::<usize>();
+        }
+        (rooms, peers)
+    }
+}
+
+/// A validated client message.
+enum ClientMessage {
+    Ping,
+    IceServers,
+    Leave,
+    Relay {
+        kind: &'static str,
+        to: Option<String>,
+        /// The sender's object minus `to`, `from` and `seq`.
+        object: Map<String, Value>,
+    },
+}
+
+fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut object) = value else {
+        return Err("a message is a JSON object".into());
+    };
+    let kind = match object.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err("`type` must be a string".into()),
+        None => return Err("`type` is required".into()),
+    };
+    let to = match object.remove("to") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err("`to` must be a string or null".into()),
+    };
+    object.remove("from");
+    object.remove("seq");
+    let string_or_null = |o: &Map<String, Value>, k: &str| -> Result<(), String> {
+        match o.get(k) {
+            None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+            Some(_) => Err(format!("`{k}` must be a string or null")),
+        }
+    };
+    let kind: &'static str = match kind.as_str() {
+        "ping" => return Ok(ClientMessage::Ping),
+        "ice-servers" => return Ok(ClientMessage::IceServers),
+        "leave" => return Ok(ClientMessage::Leave),
+        "offer" | "answer" => {
+            match object.get("sdp") {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                _ => return Err("`sdp` must be a non-empty string".into()),
+            }
+            if kind == "offer" { "offer" } else { "answer" }
+        }
+        "candidate" => {
+            match object.get("candidate") {
+                Some(Value::String(_)) => {}
+                _ => return Err("`candidate` must be a string".into()),
+            }
+            string_or_null(&object, "sdpMid")?;
+            string_or_null(&object, "usernameFragment")?;
+            match object.get("sdpMLineIndex") {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) if n.as_u64().is_some() => {}
+                Some(_) => return Err("`sdpMLineIndex` must be an integer >= 0 or null".into()),
+            }
+            "candidate"
+        }
+        "message" => {
+            if !object.contains_key("data") {
+                return Err("`data` is required".into());
+            }
+            "message"
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(format!("unknown type `{shown}`"));
+        }
+    };
+    Ok(ClientMessage::Relay { kind, to, object })
+}
+
+#[cfg(test)]
+mod tests;

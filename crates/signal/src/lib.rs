@@ -1,0 +1,769 @@
+//! The signal role: WebSocket rooms (PROTOCOL.md section 2), the ICE server endpoint
+//! (section 1) and health and metrics (section 4), over axum.
+//!
+//! Shape: [`hub::Hub`] is the room state machine (no sockets); [`conn::drive`] runs one
+//! connection over any `Sink`/`Stream`; this module holds the HTTP surface: admission
+//! checks made before the upgrade (so refusals are plain HTTP with a JSON body), the ICE
+//! endpoint and its auth modes, CORS and draining.
+
+pub mod conn;
+pub mod hub;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use callbox_core::config::{AuthMode, Signal as SignalConfig};
+use callbox_core::credentials::valid_user_id;
+use callbox_core::ice;
+use callbox_core::{Secret, SecretSet};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::conn::{ConnContext, ConnOutbox};
+use crate::hub::{Hub, HubConfig, JoinError};
+use crate::metrics::SignalMetrics;
+
+/// The subprotocol selected when offered.
+pub const SUBPROTOCOL: &str = "callbox.v1";
+
+/// Where ICE server lists come from: URLs, secrets, lifetimes.
+#[derive(Debug)]
+pub struct IceSource {
+    pub stun_urls: Vec<String>,
+    pub turn_urls: Vec<String>,
+    pub secrets: Arc<ArcSwap<SecretSet>>,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl IceSource {
+    pub fn build(&self, user: &str, ttl: u64) -> ice::IceServers {
+        let secrets = self.secrets.load();
+        ice::build_from_urls(&self.stun_urls, &self.turn_urls, &secrets, user, unix_now(), ttl)
+    }
+}
+
+/// An HTTP refusal: status, stable code, message, as `{"error":{"code","message"}}`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<JoinError> for Refusal {
+    fn from(e: JoinError) -> Self {
+        let (status, code, message) = e.status_and_code();
+        Refusal::new(status, code, message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_str(&s.to_string()).expect("digits"));
+        }
+        r
+    }
+}
+
+/// Requests per address over fixed windows, for the HTTP endpoints in `open` mode. The
+/// table is bounded: past [`HttpLimiter::MAX_ENTRIES`] addresses, unknown ones are refused
+/// until the window turns.
+#[derive(Debug)]
+pub struct HttpLimiter {
+    map: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    limit: u32,
+    window: Duration,
+}
+
+impl HttpLimiter {
+    pub const MAX_ENTRIES: usize = 100_000;
+
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            limit,
+            window,
+        }
+    }
+
+    /// `Ok` or the seconds until the window turns.
+    pub fn hit(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX_ENTRIES && !map.contains_key(&ip) {
+            let window = self.window;
+            map.retain(|_, (start, _)| now < *start + window);
+            if map.len() >= Self::MAX_ENTRIES {
+                return Err(window.as_secs().max(1));
+            }
+        }
+        let e = map.entry(ip).or_insert((now, 0));
+        if now >= e.0 + self.window {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > self.limit {
+            Err((e.0 + self.window).saturating_duration_since(now).as_secs().max(1))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Shared state of the signal role's handlers.
+pub struct AppState {
+    pub cfg: SignalConfig,
+    pub hub: Arc<Hub>,
+    pub ice: IceSource,
+    pub draining: AtomicBool,
+    pub http_limiter: HttpLimiter,
+    pub metrics: Arc<SignalMetrics>,
+    /// Extra readiness condition (e.g. the backplane is reachable).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Builds the role's state from configuration.
+pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
+    let metrics = Arc::new(SignalMetrics::default());
+    let hub_cfg = HubConfig {
+        capacity: cfg.room_capacity,
+        grace: Duration::from_secs(cfg.resume_grace),
+        log_messages: cfg.resume_log_messages,
+        log_bytes: cfg.resume_log_bytes,
+        rate_per_connection: cfg.rate_per_connection,
+        rate_per_address: cfg.rate_per_address,
+        rate_per_room: cfg.rate_per_room,
+        window: Duration::from_secs(10),
+        heartbeat_ms: cfg.heartbeat_ms,
+    };
+    let hub = Arc::new(Hub::new(hub_cfg, Arc::clone(&metrics), Box::new(rand::random::<u128>)));
+    Arc::new(AppState {
+        http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
+        cfg,
+        hub,
+        ice,
+        draining: AtomicBool::new(false),
+        metrics,
+        ready: Arc::new(AtomicBool::new(true)),
+    })
+}
+
+/// The role's routes.
+pub fn router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ice-servers", get(ice_servers_get).post(ice_servers_post).options(preflight))
+        .route("/v1/signal", get(signal_ws))
+        .route("/v1/signal/validate", get(signal_validate))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.draining.load(Ordering::Relaxed) || !app.ready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Whether a browser origin may call us: no Origin (not a browser), same origin as the
+/// Host, or listed in `signal.allowed_origins` (or `*`).
+fn origin_allowed(cfg: &SignalConfig, headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if cfg.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+        return Ok(Some(origin.to_string()));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
+    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
+        return Ok(Some(origin.to_string()));
+    }
+    Err(())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Who the caller is after auth: user id and `meta`, and the rooms a token limits it to.
+struct Identity {
+    user: Option<String>,
+    meta: Value,
+    rooms: Option<Vec<String>>,
+}
+
+fn jwt_identity(cfg: &SignalConfig, token: Option<&str>) -> Result<Identity, Refusal> {
+    let Some(token) = token else {
+        return Err(Refusal::new(401, "unauthorized", "a token is required"));
+    };
+    let secret = cfg.jwt_secret.as_ref().map(Secret::expose).unwrap_or_default();
+    let claims = callbox_core::jwt::verify_hs256(token, secret.as_bytes(), unix_now())
+        .map_err(|e| Refusal::new(401, "unauthorized", format!("bad token: {e}")))?;
+    let user = match claims.get("sub") {
+        Some(Value::String(s)) if valid_user_id(s) => Some(s.clone()),
+        Some(_) => return Err(Refusal::new(401, "unauthorized", "`sub` must be a user id (1-64 of A-Za-z0-9_.@-)")),
+        None => None,
+    };
+    let rooms = match claims.get("rooms") {
+        None => None,
+        Some(Value::Array(a)) => Some(a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
+        Some(_) => return Err(Refusal::new(401, "unauthorized", "`rooms` must be an array of room ids")),
+    };
+    let meta = match claims.get("meta") {
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    Ok(Identity { user, meta, rooms })
+}
+
+fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// What an admitted WebSocket request asked for.
+struct Admission {
+    room: String,
+    identity: Identity,
+    resume: Option<(String, u64)>,
+    origin: Option<String>,
+}
+
+/// Every check that can be made before the upgrade, in PROTOCOL.md's order.
+fn admit(app: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, addr: IpAddr, counting: bool) -> Result<Admission, Refusal> {
+    let m = &app.metrics;
+    let refuse = |r: Refusal| {
+        m.reject(r.code);
+        r
+    };
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(refuse(Refusal::new(503, "draining", "this server is shutting down; try again")));
+    }
+    let room = q.get("room").map(String::as_str).unwrap_or("");
+    if !valid_room(room) {
+        return Err(refuse(Refusal::new(400, "bad-room", "room must match ^[A-Za-z0-9_.:-]{1,64}$")));
+    }
+    let origin = origin_allowed(&app.cfg, headers)
+        .map_err(|()| refuse(Refusal::new(403, "origin", "this origin is not allowed")))?;
+    if app.cfg.require_subprotocol {
+        let offered = headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
+        if !offered {
+            return Err(refuse(Refusal::new(400, "subprotocol", "the callbox.v1 subprotocol is required")));
+        }
+    }
+    let identity = match app.cfg.auth {
+        AuthMode::Jwt => {
+            let token = q.get("token").map(String::as_str).or_else(|| bearer(headers));
+            let id = jwt_identity(&app.cfg, token).map_err(refuse)?;
+            if let Some(rooms) = &id.rooms
+                && !rooms.iter().any(|r| r == room)
+            {
+                return Err(refuse(Refusal::new(403, "room-not-allowed", "the token does not allow this room")));
+            }
+            id
+        }
+        _ => Identity {
+            user: None,
+            meta: json!({}),
+            rooms: None,
+        },
+    };
+    if counting && app.hub.address_conns(addr) >= app.cfg.max_connections_per_address {
+        return Err(refuse(Refusal::new(429, "too-many-connections", "too many connections from this address")));
+    }
+    let resume = match q.get("resume") {
+        None => None,
+        Some(token) => {
+            let last_seq = match q.get("last_seq") {
+                None => 0,
+                Some(s) => s
+                    .parse::<u64>()
+                    .map_err(|_| refuse(Refusal::new(400, "bad-resume", "last_seq must be an integer >= 0")))?,
+            };
+            Some((token.clone(), last_seq))
+        }
+    };
+    app.hub
+        .check(room, resume.as_ref().map(|(t, n)| (t.as_str(), *n)), Instant::now())
+        .map_err(|e| refuse(e.into()))?;
+    Ok(Admission {
+        room: room.to_string(),
+        identity,
+        resume,
+        origin,
+    })
+}
+
+async fn signal_validate(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let ip = canonical_ip(peer.ip());
+    if let Err(secs) = app.http_limiter.hit(ip, Instant::now()) {
+        app.metrics.reject("rate-limited");
+        let mut r = Refusal::new(429, "rate-limited", "too many requests");
+        r.retry_after = Some(secs);
+        return r.into_response();
+    }
+    match admit(&app, &headers, &q, ip, true) {
+        Ok(_) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"ok":true}"#).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    callbox_core::policy::canonical(ip)
+}
+
+async fn signal_ws(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ip = canonical_ip(peer.ip());
+    let admission = match admit(&app, &headers, &q, ip, true) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if !app.hub.connect_address(ip, app.cfg.max_connections_per_address) {
+        app.metrics.reject("too-many-connections");
+        return Refusal::new(429, "too-many-connections", "too many connections from this address").into_response();
+    }
+    if admission.resume.is_none()
+        && let Err(e) = app.hub.reserve(&admission.room)
+    {
+        app.hub.disconnect_address(ip);
+        let r: Refusal = e.into();
+        app.metrics.reject(r.code);
+        return r.into_response();
+    }
+    let limit = app.cfg.max_message_bytes;
+    let fail_app = Arc::clone(&app);
+    let fail_room = admission.room.clone();
+    let reserved = admission.resume.is_none();
+    let _ = admission.origin;
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_failed_upgrade(move |_| {
+            if reserved {
+                fail_app.hub.unreserve(&fail_room);
+            }
+            fail_app.hub.disconnect_address(ip);
+        })
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            run_connection(app, admission, ip, sink, stream).await;
+        })
+}
+
+/// Joins (or resumes) and drives one connection to its end.
+async fn run_connection<S, R, E>(app: Arc<AppState>, admission: Admission, ip: IpAddr, sink: S, stream: R)
+where
+    S: futures_util::Sink<axum::extract::ws::Message> + Unpin,
+    R: futures_util::Stream<Item = Result<axum::extract::ws::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    app.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
+    let ttl = app.ice.default_ttl;
+    let room = admission.room.clone();
+    let joined = match &admission.resume {
+        Some((token, last_seq)) => {
+            // The user id of a resumed peer's credentials: the token's, or its peer id.
+            let user = admission.identity.user.clone();
+            let list = app.ice.build(user.as_deref().unwrap_or("anon"), ttl);
+            app.hub.resume(
+                &room,
+                token,
+                *last_seq,
+                outbox.clone(),
+                &serde_json::to_value(&list.ice_servers).expect("serializes"),
+                ttl,
+                Instant::now(),
+            )
+        }
+        None => {
+            let user = admission.identity.user.clone().unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
+            let list = app.ice.build(&user, ttl);
+            Ok(app.hub.join(
+                &room,
+                admission.identity.meta.clone(),
+                ip,
+                outbox.clone(),
+                &serde_json::to_value(&list.ice_servers).expect("serializes"),
+                ttl,
+                Instant::now(),
+            ))
+        }
+    };
+    match joined {
+        Ok(j) => {
+            tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
+            let ice_app = Arc::clone(&app);
+            let user = admission.identity.user.clone().unwrap_or_else(|| j.peer_id.clone());
+            let ice = Arc::new(move || {
+                let list = ice_app.ice.build(&user, ttl);
+                (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
+            });
+            let ctx = ConnContext {
+                hub: Arc::clone(&app.hub),
+                room: room.clone(),
+                peer_id: j.peer_id.clone(),
+                conn: j.conn,
+                addr: ip,
+                outbox,
+                rx,
+                heartbeat: Duration::from_millis(app.cfg.heartbeat_ms),
+                max_message: app.cfg.max_message_bytes,
+                ice,
+                ice_ttl: ttl,
+            };
+            conn::drive(sink, stream, ctx).await;
+            tracing::info!(room = %room, peer = %j.peer_id, "peer disconnected");
+        }
+        Err(e) => {
+            // The resume became invalid between the check and the upgrade.
+            let (_, code, message) = e.status_and_code();
+            let mut sink = sink;
+            let _ = futures_util::SinkExt::send(
+                &mut sink,
+                axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: 4000 + 410,
+                    reason: format!("{code}: {message}").into(),
+                })),
+            )
+            .await;
+        }
+    }
+    app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    app.hub.disconnect_address(ip);
+}
+
+fn cors_headers(app: &AppState, headers: &HeaderMap, r: &mut Response) {
+    if let Ok(Some(origin)) = origin_allowed(&app.cfg, headers) {
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_str(&origin).unwrap_or(HeaderValue::from_static("null")),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Link"));
+    }
+}
+
+async fn preflight(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if origin_allowed(&app.cfg, &headers).is_err() {
+        return Refusal::new(403, "origin", "this origin is not allowed").into_response();
+    }
+    cors_headers(&app, &headers, &mut r);
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, X-Api-Key, Content-Type"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    r
+}
+
+async fn ice_servers_get(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let params: HashMap<String, Value> = q.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    ice_servers(&app, peer, &headers, params)
+}
+
+async fn ice_servers_post(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let mut params: HashMap<String, Value> = q.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    if body.len() > 16 * 1024 {
+        return Refusal::new(413, "too-large", "the body is limited to 16 KiB").into_response();
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !body.is_empty() {
+        if content_type.starts_with("application/json") || body.first() == Some(&b'{') {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(m)) => params.extend(m),
+                _ => return Refusal::new(400, "bad-request", "the body must be a JSON object or a form").into_response(),
+            }
+        } else {
+            let text = String::from_utf8_lossy(&body);
+            for (k, v) in form_pairs(&text) {
+                params.insert(k, Value::String(v));
+            }
+        }
+    }
+    ice_servers(&app, peer, &headers, params)
+}
+
+/// `application/x-www-form-urlencoded` pairs.
+fn form_pairs(text: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn param_str<'a>(params: &'a HashMap<String, Value>, k: &str) -> Option<&'a str> {
+    params.get(k).and_then(Value::as_str)
+}
+
+fn ice_servers(app: &AppState, peer: SocketAddr, headers: &HeaderMap, params: HashMap<String, Value>) -> Response {
+    let ip = canonical_ip(peer.ip());
+    let mut resp = ice_servers_inner(app, ip, headers, &params).unwrap_or_else(|r| {
+        app.metrics.reject(r.code);
+        r.into_response()
+    });
+    cors_headers(app, headers, &mut resp);
+    resp
+}
+
+fn ice_servers_inner(app: &AppState, ip: IpAddr, headers: &HeaderMap, params: &HashMap<String, Value>) -> Result<Response, Refusal> {
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(Refusal::new(503, "draining", "this server is shutting down"));
+    }
+    if origin_allowed(&app.cfg, headers).is_err() {
+        return Err(Refusal::new(403, "origin", "this origin is not allowed"));
+    }
+    if let Some(service) = param_str(params, "service")
+        && service != "turn"
+    {
+        return Err(Refusal::new(400, "bad-request", "service must be `turn`"));
+    }
+    // Who is asking decides the default user id.
+    let default_user = match app.cfg.ice_auth {
+        AuthMode::Open => {
+            if let Err(secs) = app.http_limiter.hit(ip, Instant::now()) {
+                let mut r = Refusal::new(429, "rate-limited", "too many requests from this address");
+                r.retry_after = Some(secs);
+                return Err(r);
+            }
+            None
+        }
+        AuthMode::ApiKey => {
+            let presented = headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| bearer(headers))
+                .or_else(|| param_str(params, "key"))
+                .or_else(|| param_str(params, "api"))
+                .ok_or_else(|| Refusal::new(401, "unauthorized", "an API key is required"))?;
+            let mut found = None;
+            for k in &app.cfg.api_keys {
+                let eq: bool = subtle::ConstantTimeEq::ct_eq(k.key.expose().as_bytes(), presented.as_bytes()).into();
+                if eq && found.is_none() {
+                    found = Some(k.name.clone());
+                }
+            }
+            Some(found.ok_or_else(|| Refusal::new(401, "unauthorized", "unknown API key"))?)
+        }
+        AuthMode::Jwt => jwt_identity(&app.cfg, bearer(headers).or_else(|| param_str(params, "token")))?.user,
+    };
+    let user = match params.get("username") {
+        None => default_user.unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>())),
+        Some(Value::String(u)) if valid_user_id(u) => u.clone(),
+        Some(_) => return Err(Refusal::new(400, "bad-username", "username must be 1-64 of A-Za-z0-9_.@-")),
+    };
+    let ttl = match params.get("ttl") {
+        None => app.ice.default_ttl,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| Refusal::new(400, "bad-ttl", "ttl must be a whole number of seconds"))?,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().unwrap_or(u64::MAX)
+        }
+        Some(_) => return Err(Refusal::new(400, "bad-ttl", "ttl must be a whole number of seconds")),
+    }
+    .clamp(1, app.ice.max_ttl);
+    let list = app.ice.build(&user, ttl);
+    app.metrics.ice_requests.fetch_add(1, Ordering::Relaxed);
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&list).expect("serializes"),
+    )
+        .into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for s in &list.ice_servers {
+        for url in &s.urls {
+            let link = match (&s.username, &s.credential) {
+                (Some(u), Some(c)) => format!(
+                    "<{url}>; rel=\"ice-server\"; username=\"{u}\"; credential=\"{c}\"; credential-type=\"password\""
+                ),
+                _ => format!("<{url}>; rel=\"ice-server\""),
+            };
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                h.append(header::LINK, v);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// A running signal role.
+#[derive(Debug)]
+pub struct SignalRole {
+    pub app: Arc<AppState>,
+}
+
+impl SignalRole {
+    pub fn new(app: Arc<AppState>) -> Self {
+        Self { app }
+    }
+
+    /// Serves `listener` until `shutdown`, then drains: `/readyz` and new requests get 503,
+    /// open connections get 4012, and the role returns when they are gone or after
+    /// `signal.drain_seconds`.
+    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let app = Arc::clone(&self.app);
+        let hub = Arc::clone(&app.hub);
+        let ticker = tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                t.tick().await;
+                hub.tick(Instant::now());
+            }
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain_app = Arc::clone(&app);
+        let drain = async move {
+            shutdown.await;
+            drain_app.draining.store(true, Ordering::Relaxed);
+            tracing::info!("signal role draining");
+            drain_app.hub.close_all(4012, "server draining; reconnect with your resume token");
+            let deadline = Instant::now() + Duration::from_secs(drain_app.cfg.drain_seconds);
+            while drain_app.metrics.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(());
+        };
+        tokio::spawn(drain);
+        let router = router(app);
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            });
+        // Connections still open at the deadline are cut when the process exits.
+        let r = served.await;
+        ticker.abort();
+        r
+    }
+}
+
