@@ -365,7 +365,7 @@ fn channel_data_both_ways_and_lifetime_zero() {
 fn ipv6_relay_on_loopback() {
     let server = CallboxProcess::start(
         BIN,
-        "[turn]\nlisten = [\"[::1]:0\"]\nhttp_listen = \"127.0.0.1:0\"\nrelay_ip = \"127.0.0.1\"\nrelay_ipv6 = \"::1\"\nallow_peers = [\"::1/128\"]\n",
+        "[turn]\nlisten = [\"[::1]:0\"]\nhttp_listen = \"127.0.0.1:0\"\nrelay_ip = \"127.0.0.1\"\nrelay_ipv6 = \"::1\"\nrelay_port_min = 20000\nrelay_port_max = 30000\nallow_peers = [\"::1/128\"]\n",
     );
     let addr = *server.udp.iter().find(|a| a.is_ipv6()).expect("IPv6 listener");
     let (u, p) = mint(&Secret::new(server.secret()), "alice", now(), 600);

@@ -39,12 +39,12 @@ pub struct ConfigArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the appliance (today: the turn role).
+    /// Run the appliance: the signal and turn roles by default.
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Roles to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "turn")]
+        /// Roles to run, comma-separated (signal, turn).
+        #[arg(long, value_delimiter = ',', default_value = "signal,turn")]
         roles: Vec<String>,
     },
     /// Check the configuration; every error names its key and where it was set.

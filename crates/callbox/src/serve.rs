@@ -17,7 +17,7 @@ use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
 use crate::settings::Loaded;
 use crate::state;
 
-const ROLES: &[&str] = &["turn"];
+const ROLES: &[&str] = &["signal", "turn"];
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -195,26 +195,23 @@ async fn consume_events(mut rx: tokio::sync::mpsc::Receiver<EventRecord>) {
     }
 }
 
-pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
-    for r in &roles {
-        anyhow::ensure!(
-            ROLES.contains(&r.as_str()),
-            "unknown role `{r}` (known: {})",
-            ROLES.join(", ")
-        );
-    }
-    let config = &loaded.config;
+/// A bound turn role, ready to run.
+struct TurnBound {
+    role: TurnRole,
+    http: Option<tokio::net::TcpListener>,
+    udp: Vec<SocketAddr>,
+    relay: RelayIp,
+    workers: usize,
+}
+
+async fn bind_turn(config: &Config, secrets: SecretSet) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
-    let secrets = secrets(&loaded)?;
     let workers = if t.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         t.workers
     };
-
-    // Bind everything before running anything, so a bad address fails the start.
     let mut listen = Vec::new();
-    let mut udp = None;
     for addr in &t.listen {
         match UdpListeners::bind(&[*addr], workers) {
             Ok(l) => listen.push(l),
@@ -225,11 +222,9 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("binding turn.listen {addr}")),
         }
     }
+    anyhow::ensure!(!listen.is_empty(), "no TURN listener could be bound");
     let addrs: Vec<SocketAddr> = listen.iter().flat_map(|l| l.local_addrs().to_vec()).collect();
-    if !listen.is_empty() {
-        udp = Some(UdpListeners::bind_merge(listen));
-    }
-    let udp = udp.context("no TURN listener could be bound")?;
+    let udp = UdpListeners::bind_merge(listen);
     let http = match t.http_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -238,7 +233,6 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         ),
         None => None,
     };
-
     let (relay_v4, relay_v6) = relay_addresses(config);
     let policy = peer_policy(config, &relay_v4, relay_v6.as_ref(), &addrs);
     let settings = TurnSettings {
@@ -260,35 +254,148 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
     };
     let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
-    let http_addr = http.as_ref().and_then(|h| h.local_addr().ok());
     tokio::spawn(consume_events(events));
-    if let Some(http) = http {
-        let router = callbox_turn::http_router(role.metrics(), role.ready_flag());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).await {
-                tracing::error!(error = %e, "turn HTTP listener stopped");
-            }
-        });
-    }
-    let ready = role.ready_flag();
-    let run = tokio::spawn(role.run(shutdown_signal()));
-    // "ready" is logged once the data path threads run, so /readyz already says 200.
-    while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let udp_list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    tracing::info!(
-        udp = %udp_list.join(","),
-        http = %http_addr.map_or("-".into(), |a| a.to_string()),
-        relay = %relay_v4.advertise,
-        relay_bind = %relay_v4.bind,
-        realm = %t.realm,
+    Ok(TurnBound {
+        role,
+        http,
+        udp: addrs,
+        relay: relay_v4,
         workers,
+    })
+}
+
+/// The ICE URLs the signal role hands out: this process's turn listeners when the turn
+/// role runs here, else `signal.turn_urls` and `signal.stun_urls`.
+fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<String>) {
+    match turn {
+        Some(tb) => {
+            let port = tb.udp.first().map_or(3478, |a| a.port());
+            let ep = endpoints(config, tb.relay.advertise, port);
+            (ep.stun_urls(), ep.turn_urls())
+        }
+        None => (config.signal.stun_urls.clone(), config.signal.turn_urls.clone()),
+    }
+}
+
+/// A future that resolves when the shared shutdown flag is raised.
+fn on_shutdown(
+    rx: &tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
+    for r in &roles {
+        anyhow::ensure!(
+            ROLES.contains(&r.as_str()),
+            "unknown role `{r}` (known: {})",
+            ROLES.join(", ")
+        );
+    }
+    let run_turn = roles.iter().any(|r| r == "turn");
+    let run_signal = roles.iter().any(|r| r == "signal");
+    let config = &loaded.config;
+    let secrets = secrets(&loaded)?;
+
+    // Bind everything before running anything, so a bad address fails the start.
+    let turn = if run_turn {
+        Some(bind_turn(config, secrets.clone()).await?)
+    } else {
+        None
+    };
+    let signal_listener = if run_signal {
+        let a = config.signal.listen;
+        Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding signal.listen {a}"))?,
+        )
+    } else {
+        None
+    };
+    if run_signal && !run_turn && config.signal.turn_urls.is_empty() && config.signal.stun_urls.is_empty() {
+        tracing::warn!(
+            "the signal role runs without a turn role and signal.turn_urls is empty: ICE lists will be empty"
+        );
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut tasks: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    let mut ready_fields: Vec<(&str, String)> = Vec::new();
+    let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
+    if let Some(tb) = turn {
+        let http_addr = tb.http.as_ref().and_then(|h| h.local_addr().ok());
+        if let Some(http) = tb.http {
+            let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, router).await {
+                    tracing::error!(error = %e, "turn HTTP listener stopped");
+                }
+            });
+        }
+        let ready = tb.role.ready_flag();
+        let run = tokio::spawn({
+            let stop = on_shutdown(&stop_rx);
+            async move { tb.role.run(stop).await.context("turn role") }
+        });
+        // "ready" is logged once the data path threads run, so /readyz already says 200.
+        while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let udp_list: Vec<String> = tb.udp.iter().map(|a| a.to_string()).collect();
+        ready_fields.push(("udp", udp_list.join(",")));
+        ready_fields.push(("http", http_addr.map_or("-".into(), |a| a.to_string())));
+        ready_fields.push(("relay", tb.relay.advertise.to_string()));
+        ready_fields.push(("workers", tb.workers.to_string()));
+        tasks.push(("turn", run));
+    }
+    if let Some(listener) = signal_listener {
+        let auth = &config.auth;
+        let ice = callbox_signal::IceSource {
+            stun_urls,
+            turn_urls,
+            secrets: Arc::new(ArcSwap::from_pointee(secrets)),
+            default_ttl: auth.credential_ttl,
+            max_ttl: auth.max_credential_ttl,
+        };
+        let app = callbox_signal::state(config.signal.clone(), ice);
+        ready_fields.push((
+            "signal",
+            listener.local_addr().map_or("-".into(), |a| a.to_string()),
+        ));
+        let role = callbox_signal::SignalRole::new(app);
+        let stop = on_shutdown(&stop_rx);
+        tasks.push((
+            "signal",
+            tokio::spawn(async move { role.run(listener, stop).await.context("signal role") }),
+        ));
+    }
+    let fields: Vec<String> = ready_fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(
+        roles = %roles.join(","),
         state_dir = %loaded.state_dir.display(),
         config = %loaded.source,
-        "callbox ready"
+        "callbox ready {}",
+        fields.join(" ")
     );
-    run.await.context("turn role task")?.context("turn role")?;
-    tracing::info!("turn role stopped");
-    Ok(())
+    let mut result = Ok(());
+    for (name, task) in tasks {
+        let r = task.await.with_context(|| format!("{name} role task"));
+        match r {
+            Ok(Ok(())) => tracing::info!(role = name, "role stopped"),
+            Ok(Err(e)) | Err(e) => {
+                tracing::error!(role = name, "role failed: {e:#}");
+                result = Err(e);
+            }
+        }
+    }
+    result
 }

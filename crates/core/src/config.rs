@@ -533,25 +533,43 @@ impl Config {
         if let Some(ip) = t.relay_ipv6
             && (ip.is_unspecified() || ip.is_multicast() || ip.to_ipv4_mapped().is_some())
         {
-            p.push(("turn.relay_ipv6".into(), format!("{ip} cannot be a relay address")));
+            p.push((
+                "turn.relay_ipv6".into(),
+                format!("{ip} cannot be a relay address"),
+            ));
         }
         let sg = &self.signal;
         let uses_jwt = sg.auth == AuthMode::Jwt || sg.ice_auth == AuthMode::Jwt;
         if uses_jwt && sg.jwt_secret.is_none() {
-            p.push(("signal.jwt_secret".into(), "is required when signal.auth or signal.ice_auth is `jwt`".into()));
+            p.push((
+                "signal.jwt_secret".into(),
+                "is required when signal.auth or signal.ice_auth is `jwt`".into(),
+            ));
         }
         if sg.auth == AuthMode::ApiKey {
-            p.push(("signal.auth".into(), "must be `open` or `jwt` (API keys are for signal.ice_auth)".into()));
+            p.push((
+                "signal.auth".into(),
+                "must be `open` or `jwt` (API keys are for signal.ice_auth)".into(),
+            ));
         }
         if sg.ice_auth == AuthMode::ApiKey && sg.api_keys.is_empty() {
-            p.push(("signal.api_keys".into(), "at least one key is needed when signal.ice_auth is `api-key`".into()));
+            p.push((
+                "signal.api_keys".into(),
+                "at least one key is needed when signal.ice_auth is `api-key`".into(),
+            ));
         }
         for (i, k) in sg.api_keys.iter().enumerate() {
             if !crate::credentials::valid_user_id(&k.name) {
-                p.push((format!("signal.api_keys.{i}.name"), "must be 1-64 of A-Za-z0-9_.@-".into()));
+                p.push((
+                    format!("signal.api_keys.{i}.name"),
+                    "must be 1-64 of A-Za-z0-9_.@-".into(),
+                ));
             }
             if k.key.expose().len() < 16 {
-                p.push((format!("signal.api_keys.{i}.key"), "must be at least 16 characters".into()));
+                p.push((
+                    format!("signal.api_keys.{i}.key"),
+                    "must be at least 16 characters".into(),
+                ));
             }
         }
         for (key, v) in [
@@ -561,11 +579,17 @@ impl Config {
             ("signal.resume_log_messages", sg.resume_log_messages as u64),
             ("signal.resume_log_bytes", sg.resume_log_bytes as u64),
             ("signal.send_buffer_bytes", sg.send_buffer_bytes as u64),
-            ("signal.max_connections_per_address", sg.max_connections_per_address as u64),
+            (
+                "signal.max_connections_per_address",
+                sg.max_connections_per_address as u64,
+            ),
             ("signal.rate_per_connection", u64::from(sg.rate_per_connection)),
             ("signal.rate_per_address", u64::from(sg.rate_per_address)),
             ("signal.rate_per_room", u64::from(sg.rate_per_room)),
-            ("signal.http_rate_per_address", u64::from(sg.http_rate_per_address)),
+            (
+                "signal.http_rate_per_address",
+                u64::from(sg.http_rate_per_address),
+            ),
         ] {
             if v == 0 {
                 p.push((key.into(), "must be at least 1".into()));
@@ -579,10 +603,16 @@ impl Config {
         }
         for (i, o) in sg.allowed_origins.iter().enumerate() {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                p.push((format!("signal.allowed_origins.{i}"), format!("`{o}` is not `*` or an http(s) origin")));
+                p.push((
+                    format!("signal.allowed_origins.{i}"),
+                    format!("`{o}` is not `*` or an http(s) origin"),
+                ));
             }
         }
-        for (name, urls) in [("signal.turn_urls", &sg.turn_urls), ("signal.stun_urls", &sg.stun_urls)] {
+        for (name, urls) in [
+            ("signal.turn_urls", &sg.turn_urls),
+            ("signal.stun_urls", &sg.stun_urls),
+        ] {
             for (i, u) in urls.iter().enumerate() {
                 let ok = if name == "signal.turn_urls" {
                     u.starts_with("turn:") || u.starts_with("turns:")
@@ -590,7 +620,10 @@ impl Config {
                     u.starts_with("stun:") || u.starts_with("stuns:")
                 };
                 if !ok {
-                    p.push((format!("{name}.{i}"), format!("`{u}` is not a {} URL", &name[7..11])));
+                    p.push((
+                        format!("{name}.{i}"),
+                        format!("`{u}` is not a {} URL", &name[7..11]),
+                    ));
                 }
             }
         }

@@ -73,7 +73,14 @@ impl TurnEndpoints {
 
 /// Builds the list for `user`, valid for `ttl` seconds from `now` (unix seconds).
 pub fn build(endpoints: &TurnEndpoints, secrets: &SecretSet, user: &str, now: u64, ttl: u64) -> IceServers {
-    build_from_urls(&endpoints.stun_urls(), &endpoints.turn_urls(), secrets, user, now, ttl)
+    build_from_urls(
+        &endpoints.stun_urls(),
+        &endpoints.turn_urls(),
+        secrets,
+        user,
+        now,
+        ttl,
+    )
 }
 
 /// Builds the list from explicit URL lists (a signal role pointed at TURN servers elsewhere).

@@ -108,10 +108,16 @@ mod tests {
         }
         // alg=none and other algorithms are refused even with an empty signature.
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let none = format!("{}.{}.", e.encode(br#"{"alg":"none"}"#), e.encode(br#"{"sub":"x"}"#));
+        let none = format!(
+            "{}.{}.",
+            e.encode(br#"{"alg":"none"}"#),
+            e.encode(br#"{"sub":"x"}"#)
+        );
         assert_eq!(verify_hs256(&none, b"k", 0), Err(JwtError::Algorithm));
         // RFC 7515 A.1's example token (HS256).
-        let key = e.decode("AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow").unwrap();
+        let key = e
+            .decode("AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow")
+            .unwrap();
         let rfc = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         assert_eq!(verify_hs256(rfc, &key, 1_300_000_000).unwrap()["iss"], "joe");
     }

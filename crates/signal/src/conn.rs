@@ -28,7 +28,9 @@ pub struct ConnOutbox {
 
 impl std::fmt::Debug for ConnOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnOutbox").field("queued", &self.queued).finish()
+        f.debug_struct("ConnOutbox")
+            .field("queued", &self.queued)
+            .finish()
     }
 }
 
@@ -184,8 +186,10 @@ where
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.as_ref().map_or(1005, |f| f.code);
-                        let _ = sink.send(close_message(if code == 1001 { 1000 } else { code.min(4999).max(1000) }, "")).await;
-                        break if matches!(code, 1000 | 1001) { Ended::Left } else { Ended::Dropped };
+                        // tungstenite answers the close frame itself.
+                        // 1005 is a close frame without a code (what a browser's close()
+                        // sends): as deliberate as 1000.
+                        break if matches!(code, 1000 | 1001 | 1005) { Ended::Left } else { Ended::Dropped };
                     }
                     Some(Err(e)) => {
                         let text = e.to_string();

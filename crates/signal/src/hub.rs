@@ -69,8 +69,16 @@ impl JoinError {
     pub fn status_and_code(self) -> (u16, &'static str, &'static str) {
         match self {
             JoinError::Full => (409, "room-full", "the room is full"),
-            JoinError::ResumeExpired => (410, "resume-expired", "the resume token is unknown, used or past its grace"),
-            JoinError::ResumeGap => (410, "resume-gap", "messages since last_seq are no longer kept; join afresh"),
+            JoinError::ResumeExpired => (
+                410,
+                "resume-expired",
+                "the resume token is unknown, used or past its grace",
+            ),
+            JoinError::ResumeGap => (
+                410,
+                "resume-gap",
+                "messages since last_seq are no longer kept; join afresh",
+            ),
             JoinError::BadResume => (400, "bad-resume", "last_seq is above the last seq sent"),
         }
     }
@@ -124,7 +132,11 @@ impl Window {
             Some(s) if now < s + window => {}
             Some(s) => {
                 let next_adjacent = now < s + window * 2;
-                self.streak = if self.over && next_adjacent { self.streak } else { 0 };
+                self.streak = if self.over && next_adjacent {
+                    self.streak
+                } else {
+                    0
+                };
                 *self = Window {
                     start: Some(now),
                     streak: self.streak,
@@ -227,7 +239,11 @@ fn error_body(code: &str, message: &str) -> String {
 
 impl Hub {
     /// `random` yields unpredictable numbers for peer ids and resume tokens.
-    pub fn new(cfg: HubConfig, metrics: Arc<SignalMetrics>, random: Box<dyn Fn() -> u128 + Send + Sync>) -> Self {
+    pub fn new(
+        cfg: HubConfig,
+        metrics: Arc<SignalMetrics>,
+        random: Box<dyn Fn() -> u128 + Send + Sync>,
+    ) -> Self {
         Self {
             cfg,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -295,7 +311,13 @@ impl Hub {
         }
     }
 
-    fn check_resume<'s>(shard: &'s Shard, room: &str, token: &str, last_seq: u64, now: Instant) -> Result<&'s Peer, JoinError> {
+    fn check_resume<'s>(
+        shard: &'s Shard,
+        room: &str,
+        token: &str,
+        last_seq: u64,
+        now: Instant,
+    ) -> Result<&'s Peer, JoinError> {
         let Some((troom, pid)) = shard.tokens.get(token) else {
             return Err(JoinError::ResumeExpired);
         };
@@ -360,9 +382,7 @@ impl Hub {
         meta: Value,
         addr: IpAddr,
         outbox: Arc<dyn Outbox>,
-        ice: &Value,
-        ice_ttl: u64,
-        _now: Instant,
+        (ice, ice_ttl): (&Value, u64),
     ) -> Joined {
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
@@ -432,8 +452,7 @@ impl Hub {
         token: &str,
         last_seq: u64,
         outbox: Arc<dyn Outbox>,
-        ice: &Value,
-        ice_ttl: u64,
+        (ice, ice_ttl): (&Value, u64),
         now: Instant,
     ) -> Result<Joined, JoinError> {
         let mut shard = lock(self.shard(room));
@@ -522,9 +541,20 @@ impl Hub {
         }
     }
 
-    fn remove_peer(cfg: &HubConfig, shard: &mut Shard, room: &str, peer_id: &str, reason: &str, metrics: &SignalMetrics) {
-        let Some(r) = shard.rooms.get_mut(room) else { return };
-        let Some(i) = r.peers.iter().position(|p| p.id == peer_id) else { return };
+    fn remove_peer(
+        cfg: &HubConfig,
+        shard: &mut Shard,
+        room: &str,
+        peer_id: &str,
+        reason: &str,
+        metrics: &SignalMetrics,
+    ) {
+        let Some(r) = shard.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(i) = r.peers.iter().position(|p| p.id == peer_id) else {
+            return;
+        };
         let p = r.peers.remove(i);
         shard.tokens.remove(&p.resume_token);
         metrics.peers.fetch_sub(1, Ordering::Relaxed);
@@ -672,16 +702,26 @@ impl Hub {
         let Some(pi) = r.peers.iter().position(|p| p.id == peer_id && p.conn == conn) else {
             return Verdict::Continue;
         };
-        let conn_ok = r.peers[pi].rate.hit(now, self.cfg.window, self.cfg.rate_per_connection);
+        let conn_ok = r.peers[pi]
+            .rate
+            .hit(now, self.cfg.window, self.cfg.rate_per_connection);
         if !(conn_ok && addr_ok && room_ok) {
             self.metrics.reject("rate-limited");
             let p = &mut r.peers[pi];
             if p.rate.streak >= 3 {
                 return Verdict::Close(4029);
             }
-            let warned = if conn_ok { false } else { std::mem::replace(&mut p.rate.warned, true) };
+            let warned = if conn_ok {
+                false
+            } else {
+                std::mem::replace(&mut p.rate.warned, true)
+            };
             if !warned {
-                Self::deliver(&self.cfg, p, &error_body("rate-limited", "too many messages; this one was dropped"));
+                Self::deliver(
+                    &self.cfg,
+                    p,
+                    &error_body("rate-limited", "too many messages; this one was dropped"),
+                );
             }
             return Verdict::Continue;
         }

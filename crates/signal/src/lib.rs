@@ -49,7 +49,9 @@ pub struct IceSource {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl IceSource {
@@ -89,12 +91,19 @@ impl From<JoinError> for Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        let mut r = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_str(&s.to_string()).expect("digits"));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&s.to_string()).expect("digits"),
+            );
         }
         r
     }
@@ -137,7 +146,10 @@ impl HttpLimiter {
         }
         e.1 += 1;
         if e.1 > self.limit {
-            Err((e.0 + self.window).saturating_duration_since(now).as_secs().max(1))
+            Err((e.0 + self.window)
+                .saturating_duration_since(now)
+                .as_secs()
+                .max(1))
         } else {
             Ok(())
         }
@@ -184,7 +196,11 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
         window: Duration::from_secs(10),
         heartbeat_ms: cfg.heartbeat_ms,
     };
-    let hub = Arc::new(Hub::new(hub_cfg, Arc::clone(&metrics), Box::new(rand::random::<u128>)));
+    let hub = Arc::new(Hub::new(
+        hub_cfg,
+        Arc::clone(&metrics),
+        Box::new(rand::random::<u128>),
+    ));
     Arc::new(AppState {
         http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
         cfg,
@@ -199,7 +215,10 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
 /// The role's routes.
 pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/ice-servers", get(ice_servers_get).post(ice_servers_post).options(preflight))
+        .route(
+            "/v1/ice-servers",
+            get(ice_servers_get).post(ice_servers_post).options(preflight),
+        )
         .route("/v1/signal", get(signal_ws))
         .route("/v1/signal/validate", get(signal_validate))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
@@ -230,10 +249,17 @@ fn origin_allowed(cfg: &SignalConfig, headers: &HeaderMap) -> Result<Option<Stri
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
-    if cfg.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+    if cfg
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    {
         return Ok(Some(origin.to_string()));
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
     if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         return Ok(Some(origin.to_string()));
@@ -266,13 +292,25 @@ fn jwt_identity(cfg: &SignalConfig, token: Option<&str>) -> Result<Identity, Ref
         .map_err(|e| Refusal::new(401, "unauthorized", format!("bad token: {e}")))?;
     let user = match claims.get("sub") {
         Some(Value::String(s)) if valid_user_id(s) => Some(s.clone()),
-        Some(_) => return Err(Refusal::new(401, "unauthorized", "`sub` must be a user id (1-64 of A-Za-z0-9_.@-)")),
+        Some(_) => {
+            return Err(Refusal::new(
+                401,
+                "unauthorized",
+                "`sub` must be a user id (1-64 of A-Za-z0-9_.@-)",
+            ));
+        }
         None => None,
     };
     let rooms = match claims.get("rooms") {
         None => None,
         Some(Value::Array(a)) => Some(a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
-        Some(_) => return Err(Refusal::new(401, "unauthorized", "`rooms` must be an array of room ids")),
+        Some(_) => {
+            return Err(Refusal::new(
+                401,
+                "unauthorized",
+                "`rooms` must be an array of room ids",
+            ));
+        }
     };
     let meta = match claims.get("meta") {
         Some(Value::Object(m)) => Value::Object(m.clone()),
@@ -297,18 +335,32 @@ struct Admission {
 }
 
 /// Every check that can be made before the upgrade, in PROTOCOL.md's order.
-fn admit(app: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, addr: IpAddr, counting: bool) -> Result<Admission, Refusal> {
+fn admit(
+    app: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    addr: IpAddr,
+    counting: bool,
+) -> Result<Admission, Refusal> {
     let m = &app.metrics;
     let refuse = |r: Refusal| {
         m.reject(r.code);
         r
     };
     if app.draining.load(Ordering::Relaxed) {
-        return Err(refuse(Refusal::new(503, "draining", "this server is shutting down; try again")));
+        return Err(refuse(Refusal::new(
+            503,
+            "draining",
+            "this server is shutting down; try again",
+        )));
     }
     let room = q.get("room").map(String::as_str).unwrap_or("");
     if !valid_room(room) {
-        return Err(refuse(Refusal::new(400, "bad-room", "room must match ^[A-Za-z0-9_.:-]{1,64}$")));
+        return Err(refuse(Refusal::new(
+            400,
+            "bad-room",
+            "room must match ^[A-Za-z0-9_.:-]{1,64}$",
+        )));
     }
     let origin = origin_allowed(&app.cfg, headers)
         .map_err(|()| refuse(Refusal::new(403, "origin", "this origin is not allowed")))?;
@@ -318,7 +370,11 @@ fn admit(app: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, addr:
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|p| p.trim() == SUBPROTOCOL));
         if !offered {
-            return Err(refuse(Refusal::new(400, "subprotocol", "the callbox.v1 subprotocol is required")));
+            return Err(refuse(Refusal::new(
+                400,
+                "subprotocol",
+                "the callbox.v1 subprotocol is required",
+            )));
         }
     }
     let identity = match app.cfg.auth {
@@ -328,7 +384,11 @@ fn admit(app: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, addr:
             if let Some(rooms) = &id.rooms
                 && !rooms.iter().any(|r| r == room)
             {
-                return Err(refuse(Refusal::new(403, "room-not-allowed", "the token does not allow this room")));
+                return Err(refuse(Refusal::new(
+                    403,
+                    "room-not-allowed",
+                    "the token does not allow this room",
+                )));
             }
             id
         }
@@ -339,22 +399,34 @@ fn admit(app: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, addr:
         },
     };
     if counting && app.hub.address_conns(addr) >= app.cfg.max_connections_per_address {
-        return Err(refuse(Refusal::new(429, "too-many-connections", "too many connections from this address")));
+        return Err(refuse(Refusal::new(
+            429,
+            "too-many-connections",
+            "too many connections from this address",
+        )));
     }
     let resume = match q.get("resume") {
         None => None,
         Some(token) => {
             let last_seq = match q.get("last_seq") {
                 None => 0,
-                Some(s) => s
-                    .parse::<u64>()
-                    .map_err(|_| refuse(Refusal::new(400, "bad-resume", "last_seq must be an integer >= 0")))?,
+                Some(s) => s.parse::<u64>().map_err(|_| {
+                    refuse(Refusal::new(
+                        400,
+                        "bad-resume",
+                        "last_seq must be an integer >= 0",
+                    ))
+                })?,
             };
             Some((token.clone(), last_seq))
         }
     };
     app.hub
-        .check(room, resume.as_ref().map(|(t, n)| (t.as_str(), *n)), Instant::now())
+        .check(
+            room,
+            resume.as_ref().map(|(t, n)| (t.as_str(), *n)),
+            Instant::now(),
+        )
         .map_err(|e| refuse(e.into()))?;
     Ok(Admission {
         room: room.to_string(),
@@ -378,7 +450,12 @@ async fn signal_validate(
         return r.into_response();
     }
     match admit(&app, &headers, &q, ip, true) {
-        Ok(_) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"ok":true}"#).into_response(),
+        Ok(_) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"ok":true}"#,
+        )
+            .into_response(),
         Err(r) => r.into_response(),
     }
 }
@@ -405,7 +482,12 @@ async fn signal_ws(
     };
     if !app.hub.connect_address(ip, app.cfg.max_connections_per_address) {
         app.metrics.reject("too-many-connections");
-        return Refusal::new(429, "too-many-connections", "too many connections from this address").into_response();
+        return Refusal::new(
+            429,
+            "too-many-connections",
+            "too many connections from this address",
+        )
+        .into_response();
     }
     if admission.resume.is_none()
         && let Err(e) = app.hub.reserve(&admission.room)
@@ -456,22 +538,23 @@ where
                 token,
                 *last_seq,
                 outbox.clone(),
-                &serde_json::to_value(&list.ice_servers).expect("serializes"),
-                ttl,
+                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
                 Instant::now(),
             )
         }
         None => {
-            let user = admission.identity.user.clone().unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
+            let user = admission
+                .identity
+                .user
+                .clone()
+                .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
             let list = app.ice.build(&user, ttl);
             Ok(app.hub.join(
                 &room,
                 admission.identity.meta.clone(),
                 ip,
                 outbox.clone(),
-                &serde_json::to_value(&list.ice_servers).expect("serializes"),
-                ttl,
-                Instant::now(),
+                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
             ))
         }
     };
@@ -479,7 +562,11 @@ where
         Ok(j) => {
             tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
             let ice_app = Arc::clone(&app);
-            let user = admission.identity.user.clone().unwrap_or_else(|| j.peer_id.clone());
+            let user = admission
+                .identity
+                .user
+                .clone()
+                .unwrap_or_else(|| j.peer_id.clone());
             let ice = Arc::new(move || {
                 let list = ice_app.ice.build(&user, ttl);
                 (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
@@ -526,7 +613,10 @@ fn cors_headers(app: &AppState, headers: &HeaderMap, r: &mut Response) {
             HeaderValue::from_str(&origin).unwrap_or(HeaderValue::from_static("null")),
         );
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Link"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Link"),
+        );
     }
 }
 
@@ -537,7 +627,10 @@ async fn preflight(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
     cors_headers(&app, &headers, &mut r);
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Authorization, X-Api-Key, Content-Type"),
@@ -575,7 +668,10 @@ async fn ice_servers_post(
         if content_type.starts_with("application/json") || body.first() == Some(&b'{') {
             match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(m)) => params.extend(m),
-                _ => return Refusal::new(400, "bad-request", "the body must be a JSON object or a form").into_response(),
+                _ => {
+                    return Refusal::new(400, "bad-request", "the body must be a JSON object or a form")
+                        .into_response();
+                }
             }
         } else {
             let text = String::from_utf8_lossy(&body);
@@ -624,7 +720,12 @@ fn param_str<'a>(params: &'a HashMap<String, Value>, k: &str) -> Option<&'a str>
     params.get(k).and_then(Value::as_str)
 }
 
-fn ice_servers(app: &AppState, peer: SocketAddr, headers: &HeaderMap, params: HashMap<String, Value>) -> Response {
+fn ice_servers(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    params: HashMap<String, Value>,
+) -> Response {
     let ip = canonical_ip(peer.ip());
     let mut resp = ice_servers_inner(app, ip, headers, &params).unwrap_or_else(|r| {
         app.metrics.reject(r.code);
@@ -634,7 +735,12 @@ fn ice_servers(app: &AppState, peer: SocketAddr, headers: &HeaderMap, params: Ha
     resp
 }
 
-fn ice_servers_inner(app: &AppState, ip: IpAddr, headers: &HeaderMap, params: &HashMap<String, Value>) -> Result<Response, Refusal> {
+fn ice_servers_inner(
+    app: &AppState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    params: &HashMap<String, Value>,
+) -> Result<Response, Refusal> {
     if app.draining.load(Ordering::Relaxed) {
         return Err(Refusal::new(503, "draining", "this server is shutting down"));
     }
@@ -666,7 +772,8 @@ fn ice_servers_inner(app: &AppState, ip: IpAddr, headers: &HeaderMap, params: &H
                 .ok_or_else(|| Refusal::new(401, "unauthorized", "an API key is required"))?;
             let mut found = None;
             for k in &app.cfg.api_keys {
-                let eq: bool = subtle::ConstantTimeEq::ct_eq(k.key.expose().as_bytes(), presented.as_bytes()).into();
+                let eq: bool =
+                    subtle::ConstantTimeEq::ct_eq(k.key.expose().as_bytes(), presented.as_bytes()).into();
                 if eq && found.is_none() {
                     found = Some(k.name.clone());
                 }
@@ -678,7 +785,13 @@ fn ice_servers_inner(app: &AppState, ip: IpAddr, headers: &HeaderMap, params: &H
     let user = match params.get("username") {
         None => default_user.unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>())),
         Some(Value::String(u)) if valid_user_id(u) => u.clone(),
-        Some(_) => return Err(Refusal::new(400, "bad-username", "username must be 1-64 of A-Za-z0-9_.@-")),
+        Some(_) => {
+            return Err(Refusal::new(
+                400,
+                "bad-username",
+                "username must be 1-64 of A-Za-z0-9_.@-",
+            ));
+        }
     };
     let ttl = match params.get("ttl") {
         None => app.ice.default_ttl,
@@ -688,7 +801,13 @@ fn ice_servers_inner(app: &AppState, ip: IpAddr, headers: &HeaderMap, params: &H
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse::<u64>().unwrap_or(u64::MAX)
         }
-        Some(_) => return Err(Refusal::new(400, "bad-ttl", "ttl must be a whole number of seconds")),
+        Some(_) => {
+            return Err(Refusal::new(
+                400,
+                "bad-ttl",
+                "ttl must be a whole number of seconds",
+            ));
+        }
     }
     .clamp(1, app.ice.max_ttl);
     let list = app.ice.build(&user, ttl);
@@ -731,7 +850,11 @@ impl SignalRole {
     /// Serves `listener` until `shutdown`, then drains: `/readyz` and new requests get 503,
     /// open connections get 4012, and the role returns when they are gone or after
     /// `signal.drain_seconds`.
-    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let app = Arc::clone(&self.app);
         let hub = Arc::clone(&app.hub);
         let ticker = tokio::spawn(async move {
@@ -747,23 +870,32 @@ impl SignalRole {
             shutdown.await;
             drain_app.draining.store(true, Ordering::Relaxed);
             tracing::info!("signal role draining");
-            drain_app.hub.close_all(4012, "server draining; reconnect with your resume token");
+            drain_app
+                .hub
+                .close_all(4012, "server draining; reconnect with your resume token");
             let deadline = Instant::now() + Duration::from_secs(drain_app.cfg.drain_seconds);
             while drain_app.metrics.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // A moment more of clear 503s for clients reconnecting and health checkers.
+            let linger = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            tokio::time::sleep(linger).await;
             let _ = stop_tx.send(());
         };
         tokio::spawn(drain);
         let router = router(app);
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            });
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
         // Connections still open at the deadline are cut when the process exits.
         let r = served.await;
         ticker.abort();
         r
     }
 }
-

@@ -39,7 +39,9 @@ const REJECT_REASONS: [&str; 19] = [
 ];
 
 /// Relay latency buckets (seconds).
-const BUCKETS: [f64; 10] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25];
+const BUCKETS: [f64; 10] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+];
 
 /// All counters of the signal role.
 #[derive(Debug, Default)]
@@ -59,7 +61,10 @@ pub struct SignalMetrics {
 
 impl SignalMetrics {
     pub fn message(&self, kind: &str) {
-        let i = MESSAGE_TYPES.iter().position(|t| *t == kind).unwrap_or(MESSAGE_TYPES.len() - 1);
+        let i = MESSAGE_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(MESSAGE_TYPES.len() - 1);
         self.messages[i].fetch_add(1, Relaxed);
     }
 
@@ -91,38 +96,77 @@ impl SignalMetrics {
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(o, "# HELP callbox_{name} {help}\n# TYPE callbox_{name} gauge\ncallbox_{name} {v}");
+            let _ = writeln!(
+                o,
+                "# HELP callbox_{name} {help}\n# TYPE callbox_{name} gauge\ncallbox_{name} {v}"
+            );
         };
-        gauge("signal_connections", "Open signaling WebSocket connections.", self.connections.load(Relaxed));
-        gauge("signal_rooms", "Rooms with at least one peer.", self.rooms.load(Relaxed));
-        gauge("signal_peers", "Peers in rooms, connected or within their resume grace.", self.peers.load(Relaxed));
+        gauge(
+            "signal_connections",
+            "Open signaling WebSocket connections.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            "signal_rooms",
+            "Rooms with at least one peer.",
+            self.rooms.load(Relaxed),
+        );
+        gauge(
+            "signal_peers",
+            "Peers in rooms, connected or within their resume grace.",
+            self.peers.load(Relaxed),
+        );
         let _ = writeln!(
             o,
             "# HELP callbox_signal_messages_total Client messages handled, by type.\n# TYPE callbox_signal_messages_total counter"
         );
         for (t, v) in MESSAGE_TYPES.iter().zip(&self.messages) {
-            let _ = writeln!(o, "callbox_signal_messages_total{{type=\"{t}\"}} {}", v.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "callbox_signal_messages_total{{type=\"{t}\"}} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(
             o,
             "# HELP callbox_signal_rejects_total Refused connections, requests and messages, by reason.\n# TYPE callbox_signal_rejects_total counter"
         );
         for (r, v) in REJECT_REASONS.iter().zip(&self.rejects) {
-            let _ = writeln!(o, "callbox_signal_rejects_total{{reason=\"{r}\"}} {}", v.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "callbox_signal_rejects_total{{reason=\"{r}\"}} {}",
+                v.load(Relaxed)
+            );
         }
         for (name, help, v) in [
             ("signal_resumes_total", "Successful resumes.", &self.resumes),
-            ("signal_queue_drops_total", "Connections closed because their send buffer overflowed (4013).", &self.queue_drops),
-            ("signal_ice_requests_total", "ICE server lists handed out over HTTP.", &self.ice_requests),
+            (
+                "signal_queue_drops_total",
+                "Connections closed because their send buffer overflowed (4013).",
+                &self.queue_drops,
+            ),
+            (
+                "signal_ice_requests_total",
+                "ICE server lists handed out over HTTP.",
+                &self.ice_requests,
+            ),
         ] {
-            let _ = writeln!(o, "# HELP callbox_{name} {help}\n# TYPE callbox_{name} counter\ncallbox_{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "# HELP callbox_{name} {help}\n# TYPE callbox_{name} counter\ncallbox_{name} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(
             o,
             "# HELP callbox_signal_relay_seconds Time from a message's arrival to its receivers' queues.\n# TYPE callbox_signal_relay_seconds histogram"
         );
         for (b, v) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(o, "callbox_signal_relay_seconds_bucket{{le=\"{b}\"}} {}", v.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "callbox_signal_relay_seconds_bucket{{le=\"{b}\"}} {}",
+                v.load(Relaxed)
+            );
         }
         let count = self.latency_count.load(Relaxed);
         let _ = writeln!(o, "callbox_signal_relay_seconds_bucket{{le=\"+Inf\"}} {count}");

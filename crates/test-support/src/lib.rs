@@ -2,6 +2,7 @@
 //! talk to it with real sockets. Nothing here mocks the server.
 
 pub mod turn_client;
+pub mod ws;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -21,6 +22,8 @@ pub struct CallboxProcess {
     pub udp: Vec<SocketAddr>,
     /// Its turn role's HTTP listener.
     pub http: Option<SocketAddr>,
+    /// Its signal role's HTTP/WebSocket listener.
+    pub signal: Option<SocketAddr>,
     pub state_dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
 }
@@ -45,6 +48,7 @@ impl CallboxProcess {
             .arg(state_dir.path())
             .args(args)
             .env("CALLBOX_LOG", "info")
+            .env("CALLBOX_SIGNAL__LISTEN", "\"127.0.0.1:0\"")
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -90,10 +94,12 @@ impl CallboxProcess {
             .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
             .unwrap_or_default();
         let http = field("http").and_then(|v| v.parse().ok());
+        let signal = field("signal").and_then(|v| v.parse().ok());
         CallboxProcess {
             child,
             udp,
             http,
+            signal,
             state_dir,
             log,
         }
@@ -197,6 +203,96 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
     (status, body)
+}
+
+/// An HTTP/1.1 response as tests see it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased, in order (repeated headers appear repeatedly).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    // Chunked bodies (axum streams some responses) are de-chunked here.
+    let body = if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// The value of an unlabelled or labelled sample in Prometheus text.

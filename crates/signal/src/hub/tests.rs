@@ -48,15 +48,17 @@ fn no_ice() -> (Value, u64) {
     (json!([]), 60)
 }
 
-fn join(h: &Hub, room: &str, now: Instant) -> (Joined, Arc<Memory>) {
+fn join(h: &Hub, room: &str, _now: Instant) -> (Joined, Arc<Memory>) {
     h.reserve(room).unwrap();
     let m = Arc::new(Memory::default());
-    let j = h.join(room, json!({"name": room}), IP, m.clone(), &json!([]), 60, now);
+    let j = h.join(room, json!({"name": room}), IP, m.clone(), (&json!([]), 60));
     (j, m)
 }
 
 fn types(v: &[Value]) -> Vec<String> {
-    v.iter().map(|m| m["type"].as_str().unwrap().to_string()).collect()
+    v.iter()
+        .map(|m| m["type"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -79,7 +81,10 @@ fn welcome_presence_and_relay() {
 
     // Broadcast and `to`; unknown fields kept, `to` removed, `from` and `seq` overwritten.
     let msg = json!({"type": "offer", "sdp": "v=0", "x-extra": [1], "from": "forged", "seq": 99}).to_string();
-    assert_eq!(h.message("r", &a.peer_id, a.conn, &msg, now, &no_ice), Verdict::Continue);
+    assert_eq!(
+        h.message("r", &a.peer_id, a.conn, &msg, now, &no_ice),
+        Verdict::Continue
+    );
     let got = mb.take();
     assert_eq!(got[0]["from"], a.peer_id.as_str());
     assert_eq!(got[0]["seq"], 1);
@@ -123,7 +128,10 @@ fn bad_messages_get_errors_and_are_not_forwarded() {
         r#"{"type":"message"}"#,
         r#"{"type":"message","data":1,"to":5}"#,
     ] {
-        assert_eq!(h.message("r", &a.peer_id, a.conn, bad, now, &no_ice), Verdict::Continue);
+        assert_eq!(
+            h.message("r", &a.peer_id, a.conn, bad, now, &no_ice),
+            Verdict::Continue
+        );
         let got = ma.take();
         assert_eq!(got.len(), 1, "{bad}");
         assert_eq!(got[0]["type"], "error", "{bad}");
@@ -151,14 +159,25 @@ fn ping_ice_and_leave() {
     mb.take();
     h.message("r", &a.peer_id, a.conn, r#"{"type":"ping"}"#, now, &no_ice);
     let got = ma.take();
-    assert_eq!((got[0]["type"].as_str(), got[0]["seq"].as_u64()), (Some("pong"), Some(2)));
-    h.message("r", &a.peer_id, a.conn, r#"{"type":"ice-servers"}"#, now, &|| (json!([{"urls": ["stun:x"]}]), 7));
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["seq"].as_u64()),
+        (Some("pong"), Some(2))
+    );
+    h.message("r", &a.peer_id, a.conn, r#"{"type":"ice-servers"}"#, now, &|| {
+        (json!([{"urls": ["stun:x"]}]), 7)
+    });
     let got = ma.take();
     assert_eq!(got[0]["ice_ttl"], 7);
     assert_eq!(got[0]["ice_servers"][0]["urls"][0], "stun:x");
-    assert_eq!(h.message("r", &b.peer_id, b.conn, r#"{"type":"leave"}"#, now, &no_ice), Verdict::Close(1000));
+    assert_eq!(
+        h.message("r", &b.peer_id, b.conn, r#"{"type":"leave"}"#, now, &no_ice),
+        Verdict::Close(1000)
+    );
     let got = ma.take();
-    assert_eq!((got[0]["type"].as_str(), got[0]["reason"].as_str()), (Some("peer-left"), Some("left")));
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["reason"].as_str()),
+        (Some("peer-left"), Some("left"))
+    );
     assert_eq!(h.counts(), (1, 1));
 }
 
@@ -190,22 +209,51 @@ fn resume_replays_in_order_and_grace_expires() {
     let token = mb.take()[0]["resume_token"].as_str().unwrap().to_string();
     ma.take();
     for i in 0..3 {
-        h.message("r", &a.peer_id, a.conn, &json!({"type":"message","data":i}).to_string(), now, &no_ice);
+        h.message(
+            "r",
+            &a.peer_id,
+            a.conn,
+            &json!({"type":"message","data":i}).to_string(),
+            now,
+            &no_ice,
+        );
     }
     assert_eq!(mb.take().len(), 3);
     // b drops; a keeps talking; nobody is told.
     h.ended("r", &b.peer_id, b.conn, Ended::Dropped, now);
     for i in 3..6 {
-        h.message("r", &a.peer_id, a.conn, &json!({"type":"message","data":i}).to_string(), now, &no_ice);
+        h.message(
+            "r",
+            &a.peer_id,
+            a.conn,
+            &json!({"type":"message","data":i}).to_string(),
+            now,
+            &no_ice,
+        );
     }
     assert!(ma.take().is_empty());
     // Bad resumes.
     assert_eq!(h.check("r", Some((&token, 99)), now), Err(JoinError::BadResume));
-    assert_eq!(h.check("r", Some(("nope", 0)), now), Err(JoinError::ResumeExpired));
-    assert_eq!(h.check("x", Some((&token, 0)), now), Err(JoinError::ResumeExpired));
+    assert_eq!(
+        h.check("r", Some(("nope", 0)), now),
+        Err(JoinError::ResumeExpired)
+    );
+    assert_eq!(
+        h.check("x", Some((&token, 0)), now),
+        Err(JoinError::ResumeExpired)
+    );
     // Resume from seq 2: messages 3..=6 (seq), in order.
     let m2 = Arc::new(Memory::default());
-    let j = h.resume("r", &token, 2, m2.clone(), &json!([]), 60, now + Duration::from_secs(5)).unwrap();
+    let j = h
+        .resume(
+            "r",
+            &token,
+            2,
+            m2.clone(),
+            (&json!([]), 60),
+            now + Duration::from_secs(5),
+        )
+        .unwrap();
     assert_eq!(j.peer_id, b.peer_id);
     let got = m2.take();
     assert_eq!(got[0]["type"], "welcome");
@@ -216,7 +264,10 @@ fn resume_replays_in_order_and_grace_expires() {
     let data: Vec<i64> = got[1..].iter().map(|m| m["data"].as_i64().unwrap()).collect();
     assert_eq!(data, [2, 3, 4, 5]);
     // The token worked once.
-    assert_eq!(h.check("r", Some((&token, 0)), now), Err(JoinError::ResumeExpired));
+    assert_eq!(
+        h.check("r", Some((&token, 0)), now),
+        Err(JoinError::ResumeExpired)
+    );
     // The old connection's late report changes nothing.
     h.ended("r", &b.peer_id, b.conn, Ended::Dropped, now);
     assert_eq!(h.counts(), (1, 2));
@@ -226,7 +277,10 @@ fn resume_replays_in_order_and_grace_expires() {
     assert!(ma.take().is_empty());
     h.tick(now + Duration::from_secs(31));
     let got = ma.take();
-    assert_eq!((got[0]["type"].as_str(), got[0]["reason"].as_str()), (Some("peer-left"), Some("timeout")));
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["reason"].as_str()),
+        (Some("peer-left"), Some("timeout"))
+    );
 }
 
 #[test]
@@ -236,7 +290,8 @@ fn resume_takes_over_a_live_connection() {
     let (_a, ma) = join(&h, "r", now);
     let token = ma.take()[0]["resume_token"].as_str().unwrap().to_string();
     let m2 = Arc::new(Memory::default());
-    h.resume("r", &token, 0, m2.clone(), &json!([]), 60, now).unwrap();
+    h.resume("r", &token, 0, m2.clone(), (&json!([]), 60), now)
+        .unwrap();
     assert_eq!(ma.closed(), Some(4000));
 }
 
@@ -252,7 +307,14 @@ fn log_overflow_during_grace_ends_it_and_gap_refuses_resume() {
     let token = mb.take()[0]["resume_token"].as_str().unwrap().to_string();
     ma.take();
     for i in 0..6 {
-        h.message("r", &a.peer_id, a.conn, &json!({"type":"message","data":i}).to_string(), now, &no_ice);
+        h.message(
+            "r",
+            &a.peer_id,
+            a.conn,
+            &json!({"type":"message","data":i}).to_string(),
+            now,
+            &no_ice,
+        );
     }
     // b received all 6 live, but its log keeps the last 4 only: resuming from 0 is a gap.
     assert_eq!(mb.take().len(), 6);
@@ -260,10 +322,20 @@ fn log_overflow_during_grace_ends_it_and_gap_refuses_resume() {
     assert_eq!(h.check("r", Some((&token, 2)), now), Ok(()));
     h.ended("r", &b.peer_id, b.conn, Ended::Dropped, now);
     // One more message overflows the log while b is away: b's grace ends at once.
-    h.message("r", &a.peer_id, a.conn, r#"{"type":"message","data":"x"}"#, now, &no_ice);
+    h.message(
+        "r",
+        &a.peer_id,
+        a.conn,
+        r#"{"type":"message","data":"x"}"#,
+        now,
+        &no_ice,
+    );
     let got = ma.take();
     assert_eq!(got.last().unwrap()["reason"], "timeout");
-    assert_eq!(h.check("r", Some((&token, 6)), now), Err(JoinError::ResumeExpired));
+    assert_eq!(
+        h.check("r", Some((&token, 6)), now),
+        Err(JoinError::ResumeExpired)
+    );
 }
 
 #[test]
@@ -291,7 +363,11 @@ fn rate_limits_warn_once_then_close() {
             assert_eq!(errors[0]["code"], "rate-limited");
             assert!(verdicts.iter().all(|v| *v == Verdict::Continue));
         } else {
-            assert_eq!(verdicts.last(), Some(&Verdict::Close(4029)), "third window over the limit");
+            assert_eq!(
+                verdicts.last(),
+                Some(&Verdict::Close(4029)),
+                "third window over the limit"
+            );
         }
     }
     // A pause resets the streak.
@@ -302,7 +378,14 @@ fn rate_limits_warn_once_then_close() {
     let (a, _ma) = join(&h, "r", t0);
     for w in [0u64, 1, 3, 4] {
         for _ in 0..8 {
-            let v = h.message("r", &a.peer_id, a.conn, msg, t0 + Duration::from_secs(10 * w), &no_ice);
+            let v = h.message(
+                "r",
+                &a.peer_id,
+                a.conn,
+                msg,
+                t0 + Duration::from_secs(10 * w),
+                &no_ice,
+            );
             assert_eq!(v, Verdict::Continue, "window {w}");
         }
     }
@@ -318,10 +401,17 @@ fn slow_reader_is_closed_with_4013() {
         limit: Some(3),
         ..Memory::default()
     });
-    h.join("r", json!({}), IP, slow.clone(), &json!([]), 60, now);
+    h.join("r", json!({}), IP, slow.clone(), (&json!([]), 60));
     ma.take();
     for _ in 0..5 {
-        h.message("r", &a.peer_id, a.conn, r#"{"type":"message","data":1}"#, now, &no_ice);
+        h.message(
+            "r",
+            &a.peer_id,
+            a.conn,
+            r#"{"type":"message","data":1}"#,
+            now,
+            &no_ice,
+        );
     }
     assert_eq!(slow.closed(), Some(4013));
 }
