@@ -223,3 +223,96 @@ where
     hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
     let _ = ctx.addr;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection driver over in-memory channels instead of a socket.
+
+    use super::*;
+    use crate::hub::HubConfig;
+    use futures_channel::mpsc as fmpsc;
+    use serde_json::json;
+
+    async fn start(
+        hub: &Arc<Hub>,
+    ) -> (
+        fmpsc::UnboundedSender<Result<Message, String>>,
+        fmpsc::UnboundedReceiver<Message>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (to_server, stream) = fmpsc::unbounded::<Result<Message, String>>();
+        let (sink, from_server) = fmpsc::unbounded::<Message>();
+        let (outbox, rx) = ConnOutbox::new(1 << 20, Arc::clone(&hub.metrics));
+        hub.reserve("r").unwrap();
+        let j = hub.join(
+            "r",
+            json!({}),
+            "127.0.0.1".parse().unwrap(),
+            outbox.clone(),
+            (&json!([]), 60),
+        );
+        let ctx = ConnContext {
+            hub: Arc::clone(hub),
+            room: "r".into(),
+            peer_id: j.peer_id,
+            conn: j.conn,
+            addr: "127.0.0.1".parse().unwrap(),
+            outbox,
+            rx,
+            heartbeat: Duration::from_secs(60),
+            max_message: 100,
+            ice: Arc::new(|| (json!([]), 60)),
+            ice_ttl: 60,
+        };
+        let task = tokio::spawn(drive(sink, stream, ctx));
+        (to_server, from_server, task)
+    }
+
+    fn text(m: &Message) -> Value {
+        match m {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn close_code(m: &Message) -> u16 {
+        match m {
+            Message::Close(Some(f)) => f.code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ping_pong_and_close_codes_over_channels() {
+        let hub = Arc::new(Hub::new(
+            HubConfig::default(),
+            Arc::new(SignalMetrics::default()),
+            Box::new(rand::random::<u128>),
+        ));
+        let (tx, mut rx, task) = start(&hub).await;
+        assert_eq!(text(&rx.next().await.unwrap())["type"], "welcome");
+        tx.unbounded_send(Ok(Message::Text(r#"{"type":"ping"}"#.into())))
+            .unwrap();
+        assert_eq!(text(&rx.next().await.unwrap())["type"], "pong");
+        tx.unbounded_send(Ok(Message::Text(
+            format!(r#"{{"type":"message","data":"{}"}}"#, "x".repeat(200)).into(),
+        )))
+        .unwrap();
+        assert_eq!(close_code(&rx.next().await.unwrap()), 1009);
+        task.await.unwrap();
+        assert_eq!(hub.counts(), (0, 0), "closed for an error: no resume");
+
+        let (tx, mut rx, task) = start(&hub).await;
+        rx.next().await.unwrap();
+        tx.unbounded_send(Ok(Message::Binary(vec![1].into()))).unwrap();
+        assert_eq!(close_code(&rx.next().await.unwrap()), 1003);
+        task.await.unwrap();
+
+        // A dropped stream keeps the peer for its grace.
+        let (tx, mut rx, task) = start(&hub).await;
+        rx.next().await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(hub.counts(), (1, 1));
+    }
+}

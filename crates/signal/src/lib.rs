@@ -502,7 +502,11 @@ async fn signal_ws(
     let fail_room = admission.room.clone();
     let reserved = admission.resume.is_none();
     let _ = admission.origin;
+    // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
+    // 128 KiB read buffer (it grows for large messages, up to the message limit).
     ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(move |_| {
