@@ -613,3 +613,88 @@ async fn draining_on_sigterm() {
     assert_eq!(code, Some(0));
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_role_alone_points_at_turn_elsewhere() {
+    let s = CallboxProcess::start_with(
+        BIN,
+        "[auth]\nsecrets = [\"shared-with-the-turn-servers\"]\n[signal]\nturn_urls = [\"turn:turn.example.com:3478?transport=udp\", \"turns:turn.example.com:5349?transport=tcp\"]\nstun_urls = [\"stun:turn.example.com:3478\"]\n",
+        &["--roles", "signal"],
+        &[],
+    );
+    assert!(
+        s.udp.is_empty() && s.http.is_none(),
+        "no turn role in this process"
+    );
+    let c = join(&s, "alone").await;
+    let ice = &c.welcome["ice_servers"];
+    assert_eq!(ice[0]["urls"], json!(["stun:turn.example.com:3478"]));
+    assert_eq!(ice[1]["urls"][1], "turns:turn.example.com:5349?transport=tcp");
+    let set = callbox_core::SecretSet::new(vec![callbox_core::Secret::new("shared-with-the-turn-servers")])
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(set.verify_password(
+        ice[1]["username"].as_str().unwrap(),
+        ice[1]["credential"].as_str().unwrap(),
+        now
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_credentials_relay_through_our_turn() {
+    let s = CallboxProcess::start(
+        BIN,
+        "[turn]\nlisten = [\"127.0.0.1:0\"]\nhttp_listen = \"127.0.0.1:0\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = 20000\nrelay_port_max = 30000\nallow_peers = [\"127.0.0.1/32\"]\n",
+    );
+    let c = join(&s, "media").await;
+    let turn = &c.welcome["ice_servers"][1];
+    let (user, pass) = (
+        turn["username"].as_str().unwrap(),
+        turn["credential"].as_str().unwrap(),
+    );
+    let url = turn["urls"][0].as_str().unwrap();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let peer_port = test_support::free_udp_port_pair();
+    let _peer = test_support::Background::spawn(
+        std::process::Command::new(test_support::coturn_tool("turnutils_peer")).args([
+            "-L",
+            "127.0.0.1",
+            "-p",
+            &peer_port.to_string(),
+        ]),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cmd = std::process::Command::new(test_support::coturn_tool("turnutils_uclient"));
+    cmd.args([
+        "-c",
+        "-p",
+        &port.to_string(),
+        "-u",
+        user,
+        "-w",
+        pass,
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port.to_string(),
+    ])
+    .args(["-m", "2", "-n", "50", "-l", "120", "-z", "5", "127.0.0.1"]);
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        test_support::run_with_timeout(&mut cmd, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Total lost packets 0 "), "{out}");
+}
