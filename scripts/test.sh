@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: style, lints, docs, then every test inside a fresh network
-# namespace that has only loopback, so WebRTC stacks and coturn's tools see no other
-# address and no test traffic can leave the machine.
+# namespace that has only loopback (so WebRTC stacks and coturn's tools see no other
+# address and no test traffic can leave the machine), the browser tests, and a bounded
+# fuzz run of every parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,15 @@ need() {
 need turnutils_uclient "apt-get install coturn (its client tools are used by the tests)"
 need unshare "apt-get install util-linux"
 need ip "apt-get install iproute2"
+need node "Node.js runs the browser tests"
+[ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: apt-get install chromium" >&2; exit 1; }
+
+# Runs a command in a new network namespace with only `lo` up (root, or user namespaces).
+isolated() {
+  local flags=-n
+  [ "$(id -u)" -eq 0 ] || flags=-rn
+  unshare $flags -- bash -c 'ip link set lo up && exec "$@"' isolated "$@"
+}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,18 +28,18 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
-echo "== build tests"
+echo "== build"
+cargo build --quiet -p callbox
 cargo test --workspace --no-run --quiet
+(cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; })
 
-echo "== tests (loopback-only network namespace)"
-# unshare needs root or user namespaces; CI runs as root.
-if [ "$(id -u)" -eq 0 ]; then
-  unshare -n -- bash -c 'ip link set lo up && exec cargo test --workspace --offline -- --test-threads 2'
-else
-  unshare -rn -- bash -c 'ip link set lo up && exec cargo test --workspace --offline -- --test-threads 2'
-fi
+echo "== cargo tests (loopback-only network namespace)"
+isolated cargo test --workspace --offline -- --test-threads 2
 
-if [ "${CALLBOX_SKIP_FUZZ:-0}" != 1 ] && [ -x scripts/fuzz.sh ]; then
+echo "== browser tests (headless Chromium, loopback-only network namespace)"
+(cd tests/browser && isolated node --test --test-concurrency=1 --test-timeout=600000)
+
+if [ "${CALLBOX_SKIP_FUZZ:-0}" != 1 ]; then
   echo "== fuzz smoke (bounded)"
-  scripts/fuzz.sh "${CALLBOX_FUZZ_SECONDS:-15}"
+  scripts/fuzz.sh "${CALLBOX_FUZZ_SECONDS:-10}"
 fi

@@ -107,11 +107,16 @@ fn peer_policy(
     own.sort();
     own.dedup();
     let mut ports: Vec<(u16, u16)> = listeners.iter().map(|a| (a.port(), a.port())).collect();
-    ports.push((t.relay_port_min, t.relay_port_max));
     if let Some(http) = t.http_listen {
         ports.push((http.port(), http.port()));
     }
+    ports.push((config.signal.listen.port(), config.signal.listen.port()));
+    let mut relays = vec![relay_v4.bind, relay_v4.advertise];
+    if let Some(v6) = relay_v6 {
+        relays.extend([v6.bind, v6.advertise]);
+    }
     PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone(), own, ports)
+        .with_relays(relays, (t.relay_port_min, t.relay_port_max))
 }
 
 fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints {

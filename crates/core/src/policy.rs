@@ -2,11 +2,15 @@
 //!
 //! Order of the rules, first match wins:
 //! 1. an address in `deny` is refused;
-//! 2. the server's own addresses are refused on its own ports (listeners and relay range),
-//!    so the relay can never be pointed at itself, even where `allow` covers the address;
-//! 3. an address in `allow` is allowed;
-//! 4. the server's own addresses on other ports, and the default-denied ranges, are refused;
-//! 5. everything else is allowed.
+//! 2. one of the server's relay addresses on a port of the relay range is allowed: that is
+//!    another allocation on this server (two peers relayed by the same TURN server, the
+//!    usual case with `iceTransportPolicy: "relay"`), not a service of the host;
+//! 3. the server's own addresses (and loopback) are refused on its service ports
+//!    (listeners, metrics), even where `allow` covers the address;
+//! 4. an address in `allow` is allowed;
+//! 5. the server's own addresses on any other port, and the default-denied ranges, are
+//!    refused;
+//! 6. everything else is allowed.
 //!
 //! IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible forms are judged as the IPv4 address
 //! they carry, so no IPv6 spelling reaches a denied IPv4 range.
@@ -127,6 +131,14 @@ impl FromStr for Cidr {
         if cidr.addr != addr {
             return Err(CidrError::HostBits(s.to_string(), cidr.to_string()));
         }
+        // `::ffff:10.0.0.0/104` means the IPv4 network 10.0.0.0/8: addresses are checked in
+        // their IPv4 form, so the network must be too.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Cidr::new(IpAddr::V4(v4), prefix - 96).expect("prefix - 96 <= 32"));
+        }
         Ok(cidr)
     }
 }
@@ -195,6 +207,8 @@ pub struct PeerPolicy {
     default_denied: Vec<Cidr>,
     own_addresses: Vec<IpAddr>,
     own_ports: Vec<(u16, u16)>,
+    relay_addresses: Vec<IpAddr>,
+    relay_ports: (u16, u16),
 }
 
 impl PeerPolicy {
@@ -214,7 +228,16 @@ impl PeerPolicy {
                 .collect(),
             own_addresses: own_addresses.into_iter().map(canonical).collect(),
             own_ports,
+            relay_addresses: Vec::new(),
+            relay_ports: (1, 0),
         }
+    }
+
+    /// The relay's own addresses and port range: peers there are other allocations.
+    pub fn with_relays(mut self, addresses: Vec<IpAddr>, ports: (u16, u16)) -> Self {
+        self.relay_addresses = addresses.into_iter().map(canonical).collect();
+        self.relay_ports = ports;
+        self
     }
 
     /// Policy with the defaults only (nothing allowed beyond the public internet).
@@ -229,6 +252,10 @@ impl PeerPolicy {
         let ip = canonical(peer.ip());
         if self.deny.iter().any(|c| c.contains(ip)) {
             return Err(Denial::Denied);
+        }
+        let (lo, hi) = self.relay_ports;
+        if self.relay_addresses.contains(&ip) && (lo..=hi).contains(&peer.port()) {
+            return Ok(());
         }
         // Loopback and the unspecified address always reach this host.
         let own = self.own_addresses.contains(&ip) || ip.is_loopback() || ip.is_unspecified();
@@ -326,10 +353,25 @@ mod tests {
         assert_eq!(p.check(sa("10.1.1.1:4000")), Ok(()));
         assert_eq!(p.check(sa("10.9.1.1:4000")), Err(Denial::Denied));
         assert_eq!(p.check(sa("8.8.8.8:53")), Err(Denial::Denied));
-        // The relay never relays to itself, even where the address is allowed.
+        // The relay never relays to its own services, even where the address is allowed.
         assert_eq!(p.check(sa("127.0.0.1:3478")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("127.0.0.1:50000")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("203.0.113.5:4000")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("203.0.113.6:4000")), Ok(()));
+        // Its relay addresses on the relay range are other allocations: allowed, even on a
+        // default-denied range; anywhere else on them, refused.
+        let p = p.with_relays(
+            vec!["10.0.0.5".parse().unwrap(), "203.0.113.5".parse().unwrap()],
+            (49152, 65535),
+        );
+        assert_eq!(p.check(sa("203.0.113.5:50000")), Ok(()));
+        assert_eq!(p.check(sa("10.0.0.5:50000")), Ok(()));
+        assert_eq!(p.check(sa("[::ffff:203.0.113.5]:50000")), Ok(()));
+        assert_eq!(p.check(sa("203.0.113.5:3478")), Err(Denial::OwnAddress));
+        assert_eq!(p.check(sa("203.0.113.5:22")), Err(Denial::OwnAddress));
+        assert_eq!(p.check(sa("127.0.0.1:50000")), Err(Denial::OwnAddress));
+        let p =
+            PeerPolicy::secure_default().with_relays(vec!["203.0.113.5".parse().unwrap()], (49152, 65535));
+        assert_eq!(p.check(sa("10.9.0.0:50000")), Err(Denial::DefaultDenied));
     }
 }

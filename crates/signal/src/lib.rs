@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod hub;
 pub mod metrics;
+pub mod page;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -224,6 +225,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(page::routes())
         .with_state(app)
 }
 

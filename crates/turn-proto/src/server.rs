@@ -1357,6 +1357,17 @@ impl Server {
         }
         let a = self.allocations.get_mut(&id).expect("checked");
         a.channels.retain(|c| c.expires > now);
+        // Both limits are checked before anything changes, so a refusal leaves no trace.
+        if !a.permissions.iter().any(|(ip, _)| *ip == peer.ip()) && a.permissions.len() >= MAX_PERMISSIONS {
+            self.error(
+                reply,
+                msg,
+                508,
+                "Insufficient Capacity: too many permissions",
+                Some(&key),
+            );
+            return Ok(());
+        }
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
         match (by_number, by_peer) {
@@ -1386,16 +1397,6 @@ impl Server {
                 );
                 return Ok(());
             }
-        }
-        if !a.permissions.iter().any(|(ip, _)| *ip == peer.ip()) && a.permissions.len() >= MAX_PERMISSIONS {
-            self.error(
-                reply,
-                msg,
-                508,
-                "Insufficient Capacity: too many permissions",
-                Some(&key),
-            );
-            return Ok(());
         }
         install_permission(a, peer.ip(), now);
         let b = self.response(reply, msg, Class::Success);
