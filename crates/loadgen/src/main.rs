@@ -29,6 +29,8 @@ struct Args {
     candidates: usize,
     pid: Option<u32>,
     concurrency: usize,
+    /// Target messages per second over all pairs (0: closed loop, as fast as it goes).
+    rate: f64,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         candidates: 20,
         pid: None,
         concurrency: 200,
+        rate: 0.0,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().context("missing value");
@@ -49,6 +52,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
             "--candidates" => a.candidates = v()?.parse()?,
             "--pid" => a.pid = Some(v()?.parse()?),
             "--concurrency" => a.concurrency = v()?.parse()?,
+            "--rate" => a.rate = v()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -131,7 +135,17 @@ struct Shared {
 
 /// One peer's loop. The `caller` starts each round with an offer; the callee answers; then
 /// each side sends `n` candidates after it has seen the other's last one (caller first).
-async fn peer(mut ws: Ws, other: String, caller: bool, n: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// `round_every`: with a target rate, the caller starts a round at most this often (open
+/// loop); `None` starts the next round as soon as the last one ends (closed loop).
+async fn peer(
+    mut ws: Ws,
+    other: String,
+    caller: bool,
+    n: usize,
+    shared: Arc<Shared>,
+    round_every: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut next_round = tokio::time::Instant::now();
     let stamp = |s: &Shared| s.start.elapsed().as_micros() as u64;
     let send = |kind: &str, i: usize, t: u64| -> Message {
         let v = match kind {
@@ -145,6 +159,12 @@ async fn peer(mut ws: Ws, other: String, caller: bool, n: usize, shared: Arc<Sha
         Message::Text(v.to_string().into())
     };
     if caller {
+        if let Some(every) = round_every {
+            // Spread the pairs' first rounds over one period.
+            let offset = every.mul_f64(f64::from(rand_u32()) / f64::from(u32::MAX));
+            tokio::time::sleep(offset).await;
+            next_round = tokio::time::Instant::now() + every;
+        }
         ws.send(send("offer", 0, stamp(&shared))).await?;
     }
     let mut seen = 0u64;
@@ -179,12 +199,26 @@ async fn peer(mut ws: Ws, other: String, caller: bool, n: usize, shared: Arc<Sha
                 }
                 ws.flush().await?;
             }
-            (Some("candidate"), true) if last_candidate => ws.send(send("offer", 0, stamp(&shared))).await?,
+            (Some("candidate"), true) if last_candidate => {
+                if let Some(every) = round_every {
+                    tokio::time::sleep_until(next_round).await;
+                    next_round += every;
+                }
+                ws.send(send("offer", 0, stamp(&shared))).await?
+            }
             _ => {}
         }
     }
     let _ = ws.close(None).await;
     Ok(())
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let x = t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(13);
+    x.wrapping_mul(2_654_435_761)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -235,6 +269,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
     });
     let cpu_server0 = a.pid.map(cpu_secs).unwrap_or(0.0);
     let cpu_self0 = cpu_secs(std::process::id());
+    // One round is an offer, an answer and `candidates` each way.
+    let per_round = (2 + 2 * a.candidates) as f64;
+    let round_every = (a.rate > 0.0).then(|| Duration::from_secs_f64(pairs as f64 * per_round / a.rate));
     let mut tasks = Vec::new();
     for ((wa, va), (wb, vb)) in conns {
         let ida = va["peer_id"].as_str().unwrap_or_default().to_string();
@@ -245,6 +282,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             true,
             a.candidates,
             Arc::clone(&shared),
+            round_every,
         )));
         tasks.push(tokio::spawn(peer(
             wb,
@@ -252,10 +290,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
             false,
             a.candidates,
             Arc::clone(&shared),
+            round_every,
         )));
     }
-    // Warm-up second, then measure.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Warm-up (a full round period when paced), then measure.
+    tokio::time::sleep(round_every.unwrap_or(Duration::ZERO).max(Duration::from_secs(1))).await;
     let r0 = shared.received.load(Ordering::Relaxed);
     shared.samples.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let m0 = Instant::now();
@@ -282,7 +321,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
         self_cpu / elapsed,
     );
     println!(
-        "RESULT conns={} rss_per_conn_kib={:.2} msgs_per_s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} server_cores={:.2} us_per_msg={:.2} generator_cores={:.2}",
+        "RESULT offered={} conns={} rss_per_conn_kib={:.2} msgs_per_s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} server_cores={:.2} us_per_msg={:.2} generator_cores={:.2}",
+        if a.rate > 0.0 {
+            format!("{:.0}", a.rate)
+        } else {
+            "closed-loop".into()
+        },
         a.conns,
         (rss_idle.saturating_sub(rss_before)) as f64 / a.conns as f64,
         rate,

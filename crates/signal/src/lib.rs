@@ -892,6 +892,11 @@ impl SignalRole {
         };
         tokio::spawn(drain);
         let router = router(app);
+        // Signaling is small messages both ways: Nagle's algorithm would hold each one
+        // back until the previous is acknowledged (40 ms with delayed ACKs).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
