@@ -134,7 +134,11 @@ where
     E: std::fmt::Display,
 {
     let mut last_rx = Instant::now();
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + ctx.heartbeat, ctx.heartbeat);
+    // Each connection's pings start at a random point of the first interval, so thousands of
+    // connections opened together do not ping (and get ponged) in one burst.
+    let first = ctx.heartbeat.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, ctx.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Fresh credentials at about half their lifetime, before the last ones expire.
     let ice_every = Duration::from_secs((ctx.ice_ttl / 2).max(1));
     let mut ice_timer = tokio::time::interval_at(tokio::time::Instant::now() + ice_every, ice_every);
@@ -149,8 +153,18 @@ where
                 }
             }
             Some(text) = ctx.rx.recv() => {
+                // Whatever else is queued goes out in the same write: one system call for a
+                // burst (20 candidates) instead of one per message.
                 ctx.outbox.queued.fetch_sub(text.len(), Ordering::AcqRel);
-                if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                let mut ok = sink.feed(Message::Text(text.as_ref().into())).await.is_ok();
+                let mut batched = 1;
+                while ok && batched < 64 {
+                    let Ok(more) = ctx.rx.try_recv() else { break };
+                    ctx.outbox.queued.fetch_sub(more.len(), Ordering::AcqRel);
+                    ok = sink.feed(Message::Text(more.as_ref().into())).await.is_ok();
+                    batched += 1;
+                }
+                if !ok || sink.flush().await.is_err() {
                     break Ended::Dropped;
                 }
             }

@@ -166,9 +166,9 @@ struct LogEntry {
 struct Peer {
     id: String,
     meta: Value,
-    addr: IpAddr,
     conn: u64,
     outbox: Option<Arc<dyn Outbox>>,
+    addr_rate: Arc<AddrRate>,
     /// Last seq sent to this peer.
     seq: u64,
     log: VecDeque<LogEntry>,
@@ -201,7 +201,31 @@ struct Shard {
 #[derive(Default)]
 struct AddrEntry {
     conns: usize,
-    rate: Window,
+    rate: Arc<AddrRate>,
+}
+
+/// An address's message window, shared by its peers and counted without a lock (the
+/// window turn is approximate under races, which a rate limit can afford).
+#[derive(Debug, Default)]
+struct AddrRate {
+    /// Window start, in milliseconds since the hub's epoch.
+    start_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AddrRate {
+    fn hit(&self, now_ms: u64, window_ms: u64, limit: u32) -> bool {
+        let start = self.start_ms.load(Ordering::Relaxed);
+        if now_ms >= start + window_ms
+            && self
+                .start_ms
+                .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < u64::from(limit)
+    }
 }
 
 /// The signaling state of this process.
@@ -209,6 +233,7 @@ pub struct Hub {
     cfg: HubConfig,
     shards: Vec<Mutex<Shard>>,
     addrs: Mutex<HashMap<IpAddr, AddrEntry>>,
+    epoch: Instant,
     next_conn: AtomicU64,
     random: Box<dyn Fn() -> u128 + Send + Sync>,
     pub metrics: Arc<SignalMetrics>,
@@ -248,6 +273,7 @@ impl Hub {
             cfg,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             addrs: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             next_conn: AtomicU64::new(1),
             random,
             metrics,
@@ -384,6 +410,9 @@ impl Hub {
         outbox: Arc<dyn Outbox>,
         (ice, ice_ttl): (&Value, u64),
     ) -> Joined {
+        let addr_rate = lock(&self.addrs)
+            .get(&addr)
+            .map_or_else(|| Arc::new(AddrRate::default()), |e| Arc::clone(&e.rate));
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
         let peer_id = format!("p-{:016x}", (self.random)() as u64);
@@ -422,9 +451,9 @@ impl Hub {
         r.peers.push(Peer {
             id: peer_id.clone(),
             meta,
-            addr,
             conn,
             outbox: Some(outbox),
+            addr_rate,
             seq: 0,
             log: VecDeque::new(),
             log_bytes: 0,
@@ -675,24 +704,6 @@ impl Hub {
         ice: &dyn Fn() -> (Value, u64),
     ) -> Verdict {
         let started = Instant::now();
-        // The address window is checked outside the room's lock.
-        let addr = {
-            let shard = lock(self.shard(room));
-            match shard
-                .rooms
-                .get(room)
-                .and_then(|r| r.peers.iter().find(|p| p.id == peer_id && p.conn == conn))
-            {
-                Some(p) => p.addr,
-                None => return Verdict::Continue,
-            }
-        };
-        let addr_ok = {
-            let mut addrs = lock(&self.addrs);
-            addrs
-                .get_mut(&addr)
-                .is_none_or(|e| e.rate.hit(now, self.cfg.window, self.cfg.rate_per_address))
-        };
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
         let Some(r) = shard.rooms.get_mut(room) else {
@@ -702,6 +713,12 @@ impl Hub {
         let Some(pi) = r.peers.iter().position(|p| p.id == peer_id && p.conn == conn) else {
             return Verdict::Continue;
         };
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let addr_ok = r.peers[pi].addr_rate.hit(
+            now_ms,
+            self.cfg.window.as_millis() as u64,
+            self.cfg.rate_per_address,
+        );
         let conn_ok = r.peers[pi]
             .rate
             .hit(now, self.cfg.window, self.cfg.rate_per_connection);
@@ -711,11 +728,8 @@ impl Hub {
             if p.rate.streak >= 3 {
                 return Verdict::Close(4029);
             }
-            let warned = if conn_ok {
-                false
-            } else {
-                std::mem::replace(&mut p.rate.warned, true)
-            };
+            // One error per window, whichever limit dropped the message.
+            let warned = std::mem::replace(&mut p.rate.warned, true);
             if !warned {
                 Self::deliver(
                     &self.cfg,

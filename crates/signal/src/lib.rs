@@ -508,7 +508,9 @@ async fn signal_ws(
     // 128 KiB read buffer (it grows for large messages, up to the message limit).
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        // Frames are collected up to 16 KiB and written with one system call when the
+        // connection task flushes (after draining its queue).
+        .write_buffer_size(16 * 1024)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(move |_| {

@@ -433,3 +433,40 @@ fn address_table_is_bounded_by_connections() {
     }
     assert_eq!(h.address_entries(), 0);
 }
+
+#[test]
+fn address_window_spans_rooms() {
+    let h = hub(HubConfig {
+        rate_per_address: 5,
+        ..HubConfig::default()
+    });
+    let now = Instant::now();
+    assert!(h.connect_address(IP, 10));
+    assert!(h.connect_address(IP, 10));
+    let (a, ma) = join(&h, "one", now);
+    let (b, mb) = join(&h, "two", now);
+    ma.take();
+    mb.take();
+    for _ in 0..3 {
+        h.message("one", &a.peer_id, a.conn, r#"{"type":"ping"}"#, now, &no_ice);
+        h.message("two", &b.peer_id, b.conn, r#"{"type":"ping"}"#, now, &no_ice);
+    }
+    let (ga, gb) = (ma.take(), mb.take());
+    let pongs = types(&ga)
+        .iter()
+        .chain(types(&gb).iter())
+        .filter(|t| **t == "pong")
+        .count();
+    assert_eq!(pongs, 5, "five messages from the address pass in the window");
+    assert!(types(&gb).contains(&"error".to_string()));
+    // The next window lets them through again.
+    h.message(
+        "one",
+        &a.peer_id,
+        a.conn,
+        r#"{"type":"ping"}"#,
+        now + Duration::from_secs(11),
+        &no_ice,
+    );
+    assert_eq!(ma.take()[0]["type"], "pong");
+}
