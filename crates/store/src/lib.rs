@@ -1,0 +1,426 @@
+//! The SQLite store of callbox: TURN secrets and their rotation, static TURN users, API
+//! keys, bans, allocation and signaling session history, and the audit log.
+//!
+//! Shape: [`Store::open`] sets WAL mode and runs every forward migration the database has
+//! not seen (the `schema_version` table records them); repository functions are typed and
+//! take `now` (unix seconds) from the caller, so rules are testable without a clock.
+//! Invariant: passwords and API keys are never stored: static users keep the RFC 8489
+//! long-term key, API keys a SHA-256 digest.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use callbox_core::policy::Cidr;
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the database has schema version {found}, newer than this program knows ({known}); upgrade callbox"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Forward migrations, in order; migration `i` brings the schema to version `i + 1`.
+/// Never edit a released one: add another.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE turn_secrets (
+         id INTEGER PRIMARY KEY,
+         secret TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         -- Set when a newer secret took over: it still verifies until then.
+         valid_until INTEGER
+     );
+     CREATE TABLE turn_users (
+         name TEXT PRIMARY KEY,
+         realm TEXT NOT NULL,
+         long_term_key BLOB NOT NULL CHECK (length(long_term_key) = 16),
+         created_at INTEGER NOT NULL
+     );
+     CREATE TABLE api_keys (
+         id INTEGER PRIMARY KEY,
+         name TEXT NOT NULL UNIQUE,
+         key_sha256 BLOB NOT NULL UNIQUE CHECK (length(key_sha256) = 32),
+         created_at INTEGER NOT NULL
+     );
+     CREATE TABLE bans (
+         id INTEGER PRIMARY KEY,
+         network TEXT NOT NULL,
+         reason TEXT NOT NULL DEFAULT '',
+         created_at INTEGER NOT NULL,
+         expires_at INTEGER
+     );
+     CREATE TABLE allocation_history (
+         id INTEGER PRIMARY KEY,
+         alloc_id INTEGER NOT NULL,
+         username TEXT NOT NULL,
+         client TEXT NOT NULL,
+         relay TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         ended_at INTEGER,
+         close_reason TEXT,
+         packets_to_peer INTEGER NOT NULL DEFAULT 0,
+         bytes_to_peer INTEGER NOT NULL DEFAULT 0,
+         packets_to_client INTEGER NOT NULL DEFAULT 0,
+         bytes_to_client INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX allocation_history_started ON allocation_history (started_at);
+     CREATE TABLE audit_log (
+         id INTEGER PRIMARY KEY,
+         at INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         action TEXT NOT NULL,
+         detail TEXT NOT NULL DEFAULT ''
+     );",
+];
+
+/// A TURN REST shared secret as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub id: i64,
+    pub secret: String,
+    pub created_at: i64,
+    pub valid_until: Option<i64>,
+}
+
+/// A ban on an address or network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub id: i64,
+    pub network: Cidr,
+    pub reason: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl Ban {
+    pub fn covers(&self, ip: IpAddr) -> bool {
+        self.network.contains(ip)
+    }
+}
+
+/// An entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it forward.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory store (tests, tools).
+    pub fn in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store> {
+        // WAL: readers never block the writer; NORMAL sync is durable across process
+        // crashes (a power cut may lose the last transactions, never corrupt the file).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version now.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL DEFAULT (unixepoch()))",
+        )?;
+        let current = self.schema_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn audit(&self, now: i64, actor: &str, action: &str, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now, actor, action, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Adds a secret that signs from now on. The previous signing secret keeps verifying
+    /// for `overlap` seconds, then retires.
+    pub fn rotate_secret(&mut self, secret: &str, overlap: i64, now: i64, actor: &str) -> Result<i64> {
+        if secret.len() < 16 {
+            return Err(StoreError::Invalid("secret (at least 16 characters)"));
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE turn_secrets SET valid_until = ?1 WHERE valid_until IS NULL",
+            [now + overlap.max(0)],
+        )?;
+        tx.execute(
+            "INSERT INTO turn_secrets (secret, created_at) VALUES (?1, ?2)",
+            params![secret, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, 'secret.rotate', ?3)",
+            params![
+                now,
+                actor,
+                format!("secret {id}; previous valid {overlap} s more")
+            ],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Secrets valid at `now`, newest (the signing one) first.
+    pub fn active_secrets(&self, now: i64) -> Result<Vec<StoredSecret>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, secret, created_at, valid_until FROM turn_secrets
+             WHERE valid_until IS NULL OR valid_until > ?1 ORDER BY created_at DESC, id DESC",
+        )?;
+        let rows = st.query_map([now], |r| {
+            Ok(StoredSecret {
+                id: r.get(0)?,
+                secret: r.get(1)?,
+                created_at: r.get(2)?,
+                valid_until: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a static TURN user; only the long-term key is kept.
+    pub fn add_user(&self, name: &str, realm: &str, password: &str, now: i64, actor: &str) -> Result<()> {
+        if name.is_empty() || name.len() > 255 || callbox_core::RestUsername::parse(name).is_some() {
+            return Err(StoreError::Invalid("user name"));
+        }
+        let key = callbox_core::credentials::long_term_key(name, realm, password);
+        match self.conn.execute(
+            "INSERT INTO turn_users (name, realm, long_term_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, realm, key.to_vec(), now],
+        ) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::Exists("user"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.audit(now, actor, "user.add", name)
+    }
+
+    pub fn remove_user(&self, name: &str, now: i64, actor: &str) -> Result<()> {
+        if self
+            .conn
+            .execute("DELETE FROM turn_users WHERE name = ?1", [name])?
+            == 0
+        {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.audit(now, actor, "user.remove", name)
+    }
+
+    /// Static users for a realm: (name, long-term key).
+    pub fn users(&self, realm: &str) -> Result<Vec<(String, [u8; 16])>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, long_term_key FROM turn_users WHERE realm = ?1 ORDER BY name")?;
+        let rows = st.query_map([realm], |r| {
+            let key: Vec<u8> = r.get(1)?;
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&key);
+            Ok((r.get(0)?, k))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores an API key (its SHA-256 only) under `name`.
+    pub fn add_api_key(&self, name: &str, key: &str, now: i64, actor: &str) -> Result<i64> {
+        if !callbox_core::credentials::valid_user_id(name) {
+            return Err(StoreError::Invalid("API key name"));
+        }
+        if key.len() < 16 {
+            return Err(StoreError::Invalid("API key (at least 16 characters)"));
+        }
+        match self.conn.execute(
+            "INSERT INTO api_keys (name, key_sha256, created_at) VALUES (?1, ?2, ?3)",
+            params![name, sha256(key.as_bytes()), now],
+        ) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::Exists("API key"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let id = self.conn.last_insert_rowid();
+        self.audit(now, actor, "api_key.add", name)?;
+        Ok(id)
+    }
+
+    /// The name of the API key `key`, if it is one. The digest is looked up by index; a
+    /// digest reveals nothing about other keys, so no constant-time scan is needed.
+    pub fn api_key_name(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name FROM api_keys WHERE key_sha256 = ?1",
+                [sha256(key.as_bytes())],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn remove_api_key(&self, name: &str, now: i64, actor: &str) -> Result<()> {
+        if self
+            .conn
+            .execute("DELETE FROM api_keys WHERE name = ?1", [name])?
+            == 0
+        {
+            return Err(StoreError::NotFound("API key"));
+        }
+        self.audit(now, actor, "api_key.remove", name)
+    }
+
+    /// Bans an address or network, optionally until `expires_at`.
+    pub fn add_ban(
+        &self,
+        network: &Cidr,
+        reason: &str,
+        expires_at: Option<i64>,
+        now: i64,
+        actor: &str,
+    ) -> Result<i64> {
+        if reason.len() > 1024 {
+            return Err(StoreError::Invalid("reason (at most 1024 bytes)"));
+        }
+        self.conn.execute(
+            "INSERT INTO bans (network, reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![network.to_string(), reason, now, expires_at],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.audit(now, actor, "ban.add", &format!("{network} {reason}"))?;
+        Ok(id)
+    }
+
+    pub fn remove_ban(&self, id: i64, now: i64, actor: &str) -> Result<()> {
+        if self.conn.execute("DELETE FROM bans WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NotFound("ban"));
+        }
+        self.audit(now, actor, "ban.remove", &id.to_string())
+    }
+
+    /// Bans in force at `now`.
+    pub fn active_bans(&self, now: i64) -> Result<Vec<Ban>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, network, reason, created_at, expires_at FROM bans
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([now], |r| {
+            let net: String = r.get(1)?;
+            Ok((r.get(0)?, net, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, net, reason, created_at, expires_at): (i64, String, String, i64, Option<i64>) = row?;
+            // Rows are written from parsed CIDRs; one that no longer parses is skipped.
+            if let Ok(network) = net.parse() {
+                out.push(Ban {
+                    id,
+                    network,
+                    reason,
+                    created_at,
+                    expires_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The audit log, newest first.
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = st.query_map([limit], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An online backup to `dest`, safe while others write (SQLite's backup API copies a
+    /// consistent snapshot page by page).
+    pub fn backup(&self, dest: &Path) -> Result<()> {
+        let mut out = Connection::open(dest)?;
+        let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
+        backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check` says "ok".
+    pub fn integrity_ok(&self) -> Result<bool> {
+        let r: String = self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        Ok(r == "ok")
+    }
+}
+
+#[cfg(test)]
+mod tests;
