@@ -359,6 +359,25 @@ fn channel_data_both_ways_and_lifetime_zero() {
     assert!(server.wait_for_output("allocation closed", Duration::from_secs(5)));
     let (_, body) = server.http_get("/metrics");
     assert_eq!(metric(&body, "callbox_turn_allocations"), Some(0.0), "{body}");
+    // The allocation's history reaches the store in the state directory within a second.
+    let db = server.state_dir.path().join("callbox.db");
+    let mut rows = Vec::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let store = callbox_store::Store::open(&db).unwrap();
+        rows = store.allocation_history(0, i64::MAX, 10).unwrap();
+        if rows.first().is_some_and(|r| r.ended_at.is_some()) {
+            break;
+        }
+    }
+    let r = rows.first().expect("a history row");
+    assert_eq!(
+        (r.username.as_str(), r.relay.clone()),
+        (u.as_str(), relay.to_string())
+    );
+    assert_eq!(r.close_reason.as_deref(), Some("Deleted"));
+    assert_eq!((r.packets_to_peer, r.bytes_to_peer), (100, 400));
+    assert_eq!((r.packets_to_client, r.bytes_to_client), (100, 400));
 }
 
 #[test]

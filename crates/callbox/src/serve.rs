@@ -165,38 +165,92 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs allocation events; the admin role will store them.
-async fn consume_events(mut rx: tokio::sync::mpsc::Receiver<EventRecord>) {
-    while let Some(r) = rx.recv().await {
-        match r.event {
-            Event::Created {
-                id,
-                username,
-                client,
-                relay,
-                lifetime,
-            } => {
-                tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
+/// Logs allocation events and writes them to the store's history in batches, off the
+/// relay's path: a slow or failing database costs history rows (logged), never relay time,
+/// since the relay only ever `try_send`s into this channel.
+async fn consume_events(
+    mut rx: tokio::sync::mpsc::Receiver<EventRecord>,
+    store: Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
+) {
+    use callbox_store::HistoryEvent;
+    let mut batch: Vec<HistoryEvent> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            got = rx.recv() => {
+                let Some(r) = got else { break };
+                let at = r.unix_time as i64;
+                match r.event {
+                    Event::Created { id, username, client, relay, lifetime } => {
+                        tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
+                        batch.push(HistoryEvent::Created {
+                            alloc_id: id.0 as i64,
+                            username,
+                            client: client.to_string(),
+                            relay: relay.to_string(),
+                            at,
+                        });
+                    }
+                    Event::Refreshed { id, lifetime } => {
+                        tracing::debug!(alloc = id.0, lifetime = lifetime.as_secs(), "allocation refreshed");
+                    }
+                    Event::Closed { id, reason, traffic } => {
+                        tracing::info!(
+                            alloc = id.0,
+                            ?reason,
+                            packets_to_peer = traffic.packets_to_peer,
+                            bytes_to_peer = traffic.bytes_to_peer,
+                            packets_to_client = traffic.packets_to_client,
+                            bytes_to_client = traffic.bytes_to_client,
+                            "allocation closed"
+                        );
+                        batch.push(HistoryEvent::Closed {
+                            alloc_id: id.0 as i64,
+                            at,
+                            reason: format!("{reason:?}"),
+                            packets_to_peer: traffic.packets_to_peer as i64,
+                            bytes_to_peer: traffic.bytes_to_peer as i64,
+                            packets_to_client: traffic.packets_to_client as i64,
+                            bytes_to_client: traffic.bytes_to_client as i64,
+                        });
+                    }
+                }
+                if batch.len() < 512 {
+                    continue;
+                }
             }
-            Event::Refreshed { id, lifetime } => {
-                tracing::debug!(
-                    alloc = id.0,
-                    lifetime = lifetime.as_secs(),
-                    "allocation refreshed"
-                );
-            }
-            Event::Closed { id, reason, traffic } => {
-                tracing::info!(
-                    alloc = id.0,
-                    ?reason,
-                    packets_to_peer = traffic.packets_to_peer,
-                    bytes_to_peer = traffic.bytes_to_peer,
-                    packets_to_client = traffic.packets_to_client,
-                    bytes_to_client = traffic.bytes_to_client,
-                    "allocation closed"
-                );
-            }
+            _ = tick.tick() => {}
         }
+        flush_history(&store, &mut batch).await;
+    }
+    flush_history(&store, &mut batch).await;
+}
+
+async fn flush_history(
+    store: &Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
+    batch: &mut Vec<callbox_store::HistoryEvent>,
+) {
+    let Some(store) = store else {
+        batch.clear();
+        return;
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let events = std::mem::take(batch);
+    let store = Arc::clone(store);
+    let n = events.len();
+    let written = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_history(&events)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, lost = n, "allocation history not written"),
+        Err(e) => tracing::warn!(error = %e, lost = n, "allocation history writer failed"),
     }
 }
 
@@ -209,7 +263,11 @@ struct TurnBound {
     workers: usize,
 }
 
-async fn bind_turn(config: &Config, secrets: SecretSet) -> anyhow::Result<TurnBound> {
+async fn bind_turn(
+    config: &Config,
+    secrets: SecretSet,
+    store: Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
+) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = if t.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -259,7 +317,7 @@ async fn bind_turn(config: &Config, secrets: SecretSet) -> anyhow::Result<TurnBo
         quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
     };
     let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
-    tokio::spawn(consume_events(events));
+    tokio::spawn(consume_events(events, store));
     Ok(TurnBound {
         role,
         http,
@@ -279,6 +337,23 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<Stri
             (ep.stun_urls(), ep.turn_urls())
         }
         None => (config.signal.stun_urls.clone(), config.signal.turn_urls.clone()),
+    }
+}
+
+/// The store in the state directory; history is skipped (with a warning) when it cannot
+/// be opened, so a read-only or full disk never keeps the relay from starting.
+fn open_store(loaded: &Loaded) -> Option<Arc<std::sync::Mutex<callbox_store::Store>>> {
+    let path = loaded.state_dir.join("callbox.db");
+    if let Err(e) = std::fs::create_dir_all(&loaded.state_dir) {
+        tracing::warn!(error = %e, "state directory unavailable; allocation history is off");
+        return None;
+    }
+    match callbox_store::Store::open(&path) {
+        Ok(s) => Some(Arc::new(std::sync::Mutex::new(s))),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "store unavailable; allocation history is off");
+            None
+        }
     }
 }
 
@@ -307,7 +382,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
 
     // Bind everything before running anything, so a bad address fails the start.
     let turn = if run_turn {
-        Some(bind_turn(config, secrets.clone()).await?)
+        Some(bind_turn(config, secrets.clone(), open_store(&loaded)).await?)
     } else {
         None
     };

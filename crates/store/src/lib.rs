@@ -112,6 +112,43 @@ impl Ban {
     }
 }
 
+/// One allocation event to write to history (what the relay's event channel carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryEvent {
+    Created {
+        alloc_id: i64,
+        username: String,
+        client: String,
+        relay: String,
+        at: i64,
+    },
+    Closed {
+        alloc_id: i64,
+        at: i64,
+        reason: String,
+        packets_to_peer: i64,
+        bytes_to_peer: i64,
+        packets_to_client: i64,
+        bytes_to_client: i64,
+    },
+}
+
+/// A row of allocation history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationRecord {
+    pub alloc_id: i64,
+    pub username: String,
+    pub client: String,
+    pub relay: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub close_reason: Option<String>,
+    pub packets_to_peer: i64,
+    pub bytes_to_peer: i64,
+    pub packets_to_client: i64,
+    pub bytes_to_client: i64,
+}
+
 /// An entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -404,6 +441,79 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Writes a batch of history events in one transaction (the writer calls this off the
+    /// relay's path, a few times a second).
+    pub fn record_history(&mut self, events: &[HistoryEvent]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for e in events {
+            match e {
+                HistoryEvent::Created {
+                    alloc_id,
+                    username,
+                    client,
+                    relay,
+                    at,
+                } => {
+                    tx.execute(
+                        "INSERT INTO allocation_history (alloc_id, username, client, relay, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![alloc_id, username, client, relay, at],
+                    )?;
+                }
+                HistoryEvent::Closed {
+                    alloc_id,
+                    at,
+                    reason,
+                    packets_to_peer,
+                    bytes_to_peer,
+                    packets_to_client,
+                    bytes_to_client,
+                } => {
+                    tx.execute(
+                        "UPDATE allocation_history SET ended_at = ?2, close_reason = ?3, packets_to_peer = ?4,
+                             bytes_to_peer = ?5, packets_to_client = ?6, bytes_to_client = ?7
+                         WHERE id = (SELECT MAX(id) FROM allocation_history WHERE alloc_id = ?1)",
+                        params![alloc_id, at, reason, packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Allocation history started in `[from, to)`, newest first, at most `limit` rows.
+    pub fn allocation_history(&self, from: i64, to: i64, limit: u32) -> Result<Vec<AllocationRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT alloc_id, username, client, relay, started_at, ended_at, close_reason,
+                    packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client
+             FROM allocation_history WHERE started_at >= ?1 AND started_at < ?2
+             ORDER BY started_at DESC, id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![from, to, limit], |r| {
+            Ok(AllocationRecord {
+                alloc_id: r.get(0)?,
+                username: r.get(1)?,
+                client: r.get(2)?,
+                relay: r.get(3)?,
+                started_at: r.get(4)?,
+                ended_at: r.get(5)?,
+                close_reason: r.get(6)?,
+                packets_to_peer: r.get(7)?,
+                bytes_to_peer: r.get(8)?,
+                packets_to_client: r.get(9)?,
+                bytes_to_client: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes history that started before `before` (retention).
+    pub fn prune_history(&self, before: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM allocation_history WHERE started_at < ?1", [before])?)
     }
 
     /// An online backup to `dest`, safe while others write (SQLite's backup API copies a

@@ -143,3 +143,48 @@ fn online_backup_while_writing() {
         Some("key7")
     );
 }
+
+#[test]
+fn history_in_batches_and_retention() {
+    let mut s = Store::in_memory().unwrap();
+    s.record_history(&[
+        HistoryEvent::Created {
+            alloc_id: 7,
+            username: "1:alice".into(),
+            client: "192.0.2.1:5000".into(),
+            relay: "203.0.113.1:50000".into(),
+            at: 100,
+        },
+        HistoryEvent::Created {
+            alloc_id: 8,
+            username: "bob".into(),
+            client: "192.0.2.2:5000".into(),
+            relay: "203.0.113.1:50002".into(),
+            at: 200,
+        },
+        HistoryEvent::Closed {
+            alloc_id: 7,
+            at: 160,
+            reason: "Deleted".into(),
+            packets_to_peer: 10,
+            bytes_to_peer: 1000,
+            packets_to_client: 9,
+            bytes_to_client: 900,
+        },
+    ])
+    .unwrap();
+    let rows = s.allocation_history(0, 1000, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].alloc_id, 7);
+    assert_eq!(
+        (
+            rows[1].ended_at,
+            rows[1].bytes_to_peer,
+            rows[1].close_reason.as_deref()
+        ),
+        (Some(160), 1000, Some("Deleted"))
+    );
+    assert_eq!(rows[0].ended_at, None, "still open");
+    assert_eq!(s.prune_history(150).unwrap(), 1);
+    assert_eq!(s.allocation_history(0, 1000, 10).unwrap().len(), 1);
+}
