@@ -5,9 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use test_support::{
-    Background, CallboxProcess, coturn_tool, free_udp_port_pair, http_request, run_with_timeout,
-};
+use test_support::{Background, CallboxProcess, coturn_tool, free_udp_port_pair, http_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callbox");
 
@@ -228,23 +226,7 @@ fn credentials_from_the_endpoint_relay_through_our_turn() {
         &port.to_string(),
     ]));
     std::thread::sleep(Duration::from_millis(300));
-    let turn = s.udp_v4();
-    let mut cmd = Command::new(coturn_tool("turnutils_uclient"));
-    cmd.args([
-        "-c",
-        "-p",
-        &turn.port().to_string(),
-        "-u",
-        user,
-        "-w",
-        pass,
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &port.to_string(),
-    ])
-    .args(["-m", "2", "-n", "50", "-l", "120", "-z", "5", "127.0.0.1"]);
-    let (code, out) = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let (code, out) = test_support::uclient_with_password(s.udp_v4(), user, pass, port);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Total lost packets 0 "), "{out}");
 }

@@ -675,23 +675,10 @@ async fn welcome_credentials_relay_through_our_turn() {
         ]),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut cmd = std::process::Command::new(test_support::coturn_tool("turnutils_uclient"));
-    cmd.args([
-        "-c",
-        "-p",
-        &port.to_string(),
-        "-u",
-        user,
-        "-w",
-        pass,
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port.to_string(),
-    ])
-    .args(["-m", "2", "-n", "50", "-l", "120", "-z", "5", "127.0.0.1"]);
+    let turn_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (user, pass) = (user.to_string(), pass.to_string());
     let (code, out) = tokio::task::spawn_blocking(move || {
-        test_support::run_with_timeout(&mut cmd, Duration::from_secs(60))
+        test_support::uclient_with_password(turn_addr, &user, &pass, peer_port)
     })
     .await
     .unwrap();

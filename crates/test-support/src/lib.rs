@@ -318,6 +318,22 @@ pub fn coturn_tool(name: &str) -> PathBuf {
     panic!("{name} not found: install Debian's `coturn` package (apt-get install coturn); .ci/run does this");
 }
 
+/// Runs `turnutils_uclient` against `server` with a username and password, relaying to
+/// `turnutils_peer` on 127.0.0.1:`peer_port`: (exit code, output).
+pub fn uclient_with_password(
+    server: SocketAddr,
+    user: &str,
+    password: &str,
+    peer_port: u16,
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(coturn_tool("turnutils_uclient"));
+    cmd.args(["-c", "-p", &server.port().to_string(), "-u", user, "-w", password])
+        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
+        .args(["-m", "2", "-n", "50", "-l", "120", "-z", "5"])
+        .arg(server.ip().to_string());
+    run_with_timeout(&mut cmd, Duration::from_secs(60))
+}
+
 /// A UDP port free on 127.0.0.1 (and the one after it, which turnutils_peer also binds).
 pub fn free_udp_port_pair() -> u16 {
     loop {
