@@ -1,11 +1,8 @@
 //! PROTOCOL.md section 1: `/v1/ice-servers` in each auth mode, its parameters, headers and
 //! refusals, and credentials that our relay accepts (coturn's client uses them).
 
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use test_support::{Background, CallboxProcess, coturn_tool, free_udp_port_pair, http_request};
+use test_support::{CallboxProcess, http_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callbox");
 
@@ -218,14 +215,7 @@ fn credentials_from_the_endpoint_relay_through_our_turn() {
     );
     let v = r.json();
     let (user, pass) = (v["username"].as_str().unwrap(), v["password"].as_str().unwrap());
-    let port = free_udp_port_pair();
-    let _peer = Background::spawn(Command::new(coturn_tool("turnutils_peer")).args([
-        "-L",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-    ]));
-    std::thread::sleep(Duration::from_millis(300));
+    let (port, _peer) = test_support::turnutils_peer();
     let (code, out) = test_support::uclient_with_password(s.udp_v4(), user, pass, port);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Total lost packets 0 "), "{out}");

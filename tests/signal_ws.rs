@@ -665,16 +665,7 @@ async fn welcome_credentials_relay_through_our_turn() {
         .unwrap()
         .parse()
         .unwrap();
-    let peer_port = test_support::free_udp_port_pair();
-    let _peer = test_support::Background::spawn(
-        std::process::Command::new(test_support::coturn_tool("turnutils_peer")).args([
-            "-L",
-            "127.0.0.1",
-            "-p",
-            &peer_port.to_string(),
-        ]),
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (peer_port, _peer) = test_support::turnutils_peer();
     let turn_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (user, pass) = (user.to_string(), pass.to_string());
     let (code, out) = tokio::task::spawn_blocking(move || {

@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callbox_core::Secret;
 use callbox_core::credentials::mint;
-use test_support::{
-    Background, CallboxProcess, TurnClient, coturn_tool, free_udp_port_pair, metric, run_with_timeout,
-};
+use test_support::{CallboxProcess, TurnClient, coturn_tool, free_udp_port_pair, metric, run_with_timeout};
 use turn_proto::stun::{Class, attr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callbox");
@@ -96,14 +94,7 @@ fn stunclient_gets_a_binding() {
 #[test]
 fn uclient_relays_through_us_without_loss() {
     let server = CallboxProcess::start(BIN, &config(ALLOW_LOOPBACK));
-    let port = free_udp_port_pair();
-    let _peer = Background::spawn(Command::new(coturn_tool("turnutils_peer")).args([
-        "-L",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-    ]));
-    std::thread::sleep(Duration::from_millis(300));
+    let (port, _peer) = test_support::turnutils_peer();
     // ChannelData with RTCP pairs (uclient's default: EVEN-PORT reservations), ChannelData
     // without pairs (-c), and Send/Data indications (-s).
     for mode in [&[][..], &["-c"][..], &["-c", "-s"][..]] {
@@ -145,13 +136,7 @@ fn uclient_relays_through_us_without_loss() {
 #[test]
 fn default_policy_refuses_loopback_peer_with_403() {
     let server = CallboxProcess::start(BIN, &config(""));
-    let port = free_udp_port_pair();
-    let _peer = Background::spawn(Command::new(coturn_tool("turnutils_peer")).args([
-        "-L",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-    ]));
+    let (port, _peer) = test_support::turnutils_peer();
     let (_, out) = uclient(server.udp_v4(), &server.secret(), port, &["-m", "1", "-n", "10"]);
     assert!(out.contains("error 403"), "{out}");
     assert_ne!(lost_packets(&out), Some(0), "nothing may be relayed: {out}");

@@ -318,6 +318,20 @@ pub fn coturn_tool(name: &str) -> PathBuf {
     panic!("{name} not found: install Debian's `coturn` package (apt-get install coturn); .ci/run does this");
 }
 
+/// Starts coturn's `turnutils_peer` (a UDP echo) on a free 127.0.0.1 port pair and waits
+/// until it listens: (port, the process, killed when dropped).
+pub fn turnutils_peer() -> (u16, Background) {
+    let port = free_udp_port_pair();
+    let peer = Background::spawn(Command::new(coturn_tool("turnutils_peer")).args([
+        "-L",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ]));
+    std::thread::sleep(Duration::from_millis(300));
+    (port, peer)
+}
+
 /// Runs `turnutils_uclient` against `server` with a username and password, relaying to
 /// `turnutils_peer` on 127.0.0.1:`peer_port`: (exit code, output).
 pub fn uclient_with_password(
