@@ -1,6 +1,9 @@
 //! The `callbox` binary: a thin CLI that loads configuration, binds the listeners of the
 //! enabled roles, runs them and joins them.
 
+mod access;
+mod admin_cli;
+mod live;
 mod logging;
 mod serve;
 mod settings;
@@ -39,13 +42,22 @@ pub struct ConfigArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the appliance: the signal and turn roles by default.
+    /// Run the appliance: the signal, turn and admin roles by default.
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Roles to run, comma-separated (signal, turn).
-        #[arg(long, value_delimiter = ',', default_value = "signal,turn")]
+        /// Roles to run, comma-separated (signal, turn, admin).
+        #[arg(long, value_delimiter = ',', default_value = "signal,turn,admin")]
         roles: Vec<String>,
+    },
+    /// Call the admin API of a running callbox (token from the state directory).
+    Admin {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: admin_cli::AdminArgs,
+        #[command(subcommand)]
+        cmd: admin_cli::AdminCommand,
     },
     /// Check the configuration; every error names its key and where it was set.
     CheckConfig {
@@ -98,6 +110,22 @@ fn main() -> ExitCode {
                     println!("{json}");
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Admin { config, args, cmd } => {
+            let loaded = match settings::load(&config) {
+                Ok(l) => l,
+                Err(errors) => {
+                    settings::print_errors(&errors);
+                    return ExitCode::from(2);
+                }
+            };
+            match admin_cli::run(&loaded, &args, &cmd) {
+                Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

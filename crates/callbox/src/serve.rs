@@ -7,17 +7,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use callbox_core::credentials::{SecretSet, long_term_key};
+use callbox_core::credentials::{LongTermKey, SecretSet, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
-use callbox_core::{Config, PeerPolicy};
+use callbox_core::{Config, PeerPolicy, Secret};
 use callbox_turn::{EventRecord, TurnRole, TurnSettings, UdpListeners};
 use turn_proto::Event;
 use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
 
+use crate::access::{self, Access, Snapshot};
 use crate::settings::Loaded;
 use crate::state;
 
-const ROLES: &[&str] = &["signal", "turn"];
+const ROLES: &[&str] = &["signal", "turn", "admin"];
+/// The store's file in the state directory.
+pub const STORE_FILE: &str = "callbox.db";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -25,15 +28,45 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The active secrets: from configuration, else the generated one in the state directory.
+/// The secrets of `auth.secrets`, if the configuration sets any.
+fn config_secrets(loaded: &Loaded) -> Option<SecretSet> {
+    SecretSet::new(loaded.config.auth.secrets.clone())
+}
+
+/// The secret generated into the state directory on first start: it seeds the store, and
+/// serves alone when the store cannot be opened.
+fn file_secret(loaded: &Loaded) -> anyhow::Result<SecretSet> {
+    SecretSet::new(vec![state::shared_secret(&loaded.state_dir)?]).context("no shared secret")
+}
+
+/// Seeds the store with the generated secret when it holds none (first start, or a
+/// store created before secrets lived there), so rotation through admin starts from the
+/// secret already in use.
+fn seed_secrets(loaded: &Loaded, store: &mut callbox_store::Store) -> anyhow::Result<()> {
+    if config_secrets(loaded).is_some() || !store.active_secrets(access::unix_now())?.is_empty() {
+        return Ok(());
+    }
+    let secret = state::shared_secret(&loaded.state_dir)?;
+    store.rotate_secret(secret.expose(), 0, access::unix_now(), "bootstrap")?;
+    tracing::info!("TURN secret moved into the store (rotate it with `callbox admin secrets rotate`)");
+    Ok(())
+}
+
+/// The active secrets for commands that run without the roles (`callbox credentials`):
+/// the configuration's, else the store's, else the generated file.
 fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
-    let configured = loaded.config.auth.secrets.clone();
-    let list = if configured.is_empty() {
-        vec![state::shared_secret(&loaded.state_dir)?]
-    } else {
-        configured
-    };
-    SecretSet::new(list).context("no shared secret")
+    if let Some(c) = config_secrets(loaded) {
+        return Ok(c);
+    }
+    let path = loaded.state_dir.join(STORE_FILE);
+    if path.exists()
+        && let Ok(store) = callbox_store::Store::open(&path)
+        && let Ok(list) = store.active_secrets(access::unix_now())
+        && let Some(set) = SecretSet::new(list.into_iter().map(|s| Secret::new(s.secret)).collect())
+    {
+        return Ok(set);
+    }
+    file_secret(loaded)
 }
 
 /// Relay addresses: (bind, advertise) for IPv4 and IPv6.
@@ -67,18 +100,15 @@ fn relay_addresses(config: &Config) -> (RelayIp, Option<RelayIp>) {
     )
 }
 
-fn credentials_snapshot(config: &Config, secrets: SecretSet) -> Credentials {
+/// `auth.static_users` as long-term keys for the realm.
+fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
     let realm = &config.turn.realm;
-    let static_users: HashMap<String, _> = config
+    config
         .auth
         .static_users
         .iter()
         .map(|u| (u.name.clone(), long_term_key(&u.name, realm, u.password.expose())))
-        .collect();
-    Credentials {
-        secrets: Some(secrets),
-        static_users,
-    }
+        .collect()
 }
 
 fn peer_policy(
@@ -165,93 +195,138 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs allocation events and writes them to the store's history in batches, off the
-/// relay's path: a slow or failing database costs history rows (logged), never relay time,
-/// since the relay only ever `try_send`s into this channel.
-async fn consume_events(
-    mut rx: tokio::sync::mpsc::Receiver<EventRecord>,
-    store: Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
+type SharedStore = Arc<std::sync::Mutex<callbox_store::Store>>;
+
+/// Where history rows go: the store (if open) and its health counters.
+#[derive(Clone)]
+struct HistorySink {
+    store: Option<SharedStore>,
+    health: Arc<callbox_store::Health>,
+}
+
+/// Writes what arrives on `rx` to the store in batches (every 500 ms, or at 512 rows),
+/// off the relay's and signaling's paths: they only ever `try_send` into the channel, so
+/// a slow or failing database costs history rows (counted and logged), never their time.
+async fn write_history<I, T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<I>,
+    mut map: impl FnMut(I) -> Option<T>,
+    write: fn(&mut callbox_store::Store, &[T]) -> callbox_store::Result<()>,
+    sink: HistorySink,
+    what: &'static str,
 ) {
-    use callbox_store::HistoryEvent;
-    let mut batch: Vec<HistoryEvent> = Vec::new();
+    let mut batch: Vec<T> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             got = rx.recv() => {
-                let Some(r) = got else { break };
-                let at = r.unix_time as i64;
-                match r.event {
-                    Event::Created { id, username, client, relay, lifetime } => {
-                        tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
-                        batch.push(HistoryEvent::Created {
-                            alloc_id: id.0 as i64,
-                            username,
-                            client: client.to_string(),
-                            relay: relay.to_string(),
-                            at,
-                        });
-                    }
-                    Event::Refreshed { id, lifetime } => {
-                        tracing::debug!(alloc = id.0, lifetime = lifetime.as_secs(), "allocation refreshed");
-                    }
-                    Event::Closed { id, reason, traffic } => {
-                        tracing::info!(
-                            alloc = id.0,
-                            ?reason,
-                            packets_to_peer = traffic.packets_to_peer,
-                            bytes_to_peer = traffic.bytes_to_peer,
-                            packets_to_client = traffic.packets_to_client,
-                            bytes_to_client = traffic.bytes_to_client,
-                            "allocation closed"
-                        );
-                        batch.push(HistoryEvent::Closed {
-                            alloc_id: id.0 as i64,
-                            at,
-                            reason: format!("{reason:?}"),
-                            packets_to_peer: traffic.packets_to_peer as i64,
-                            bytes_to_peer: traffic.bytes_to_peer as i64,
-                            packets_to_client: traffic.packets_to_client as i64,
-                            bytes_to_client: traffic.bytes_to_client as i64,
-                        });
-                    }
-                }
+                let Some(item) = got else { break };
+                batch.extend(map(item));
                 if batch.len() < 512 {
                     continue;
                 }
             }
             _ = tick.tick() => {}
         }
-        flush_history(&store, &mut batch).await;
+        flush(&sink, &mut batch, write, what).await;
     }
-    flush_history(&store, &mut batch).await;
+    flush(&sink, &mut batch, write, what).await;
 }
 
-async fn flush_history(
-    store: &Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
-    batch: &mut Vec<callbox_store::HistoryEvent>,
+async fn flush<T: Send + 'static>(
+    sink: &HistorySink,
+    batch: &mut Vec<T>,
+    write: fn(&mut callbox_store::Store, &[T]) -> callbox_store::Result<()>,
+    what: &'static str,
 ) {
-    let Some(store) = store else {
+    let Some(store) = &sink.store else {
         batch.clear();
         return;
     };
     if batch.is_empty() {
         return;
     }
-    let events = std::mem::take(batch);
+    let rows = std::mem::take(batch);
     let store = Arc::clone(store);
-    let n = events.len();
+    let n = rows.len();
     let written = tokio::task::spawn_blocking(move || {
-        store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_history(&events)
+        write(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &rows)
     })
     .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, lost = n, "allocation history not written"),
-        Err(e) => tracing::warn!(error = %e, lost = n, "allocation history writer failed"),
+    let failure = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    sink.health.failed();
+    sink.health
+        .history_lost
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(error = %failure, lost = n, "{what} history not written");
+}
+
+/// Logs an allocation event and turns it into a history row.
+fn allocation_row(r: EventRecord) -> Option<callbox_store::HistoryEvent> {
+    use callbox_store::HistoryEvent;
+    let at = r.unix_time as i64;
+    match r.event {
+        Event::Created {
+            id,
+            username,
+            client,
+            relay,
+            lifetime,
+        } => {
+            tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
+            Some(HistoryEvent::Created {
+                alloc_id: id.0 as i64,
+                username,
+                client: client.to_string(),
+                relay: relay.to_string(),
+                at,
+            })
+        }
+        Event::Refreshed { id, lifetime } => {
+            tracing::debug!(
+                alloc = id.0,
+                lifetime = lifetime.as_secs(),
+                "allocation refreshed"
+            );
+            None
+        }
+        Event::Closed { id, reason, traffic } => {
+            tracing::info!(
+                alloc = id.0,
+                ?reason,
+                packets_to_peer = traffic.packets_to_peer,
+                bytes_to_peer = traffic.bytes_to_peer,
+                packets_to_client = traffic.packets_to_client,
+                bytes_to_client = traffic.bytes_to_client,
+                "allocation closed"
+            );
+            Some(HistoryEvent::Closed {
+                alloc_id: id.0 as i64,
+                at,
+                reason: format!("{reason:?}"),
+                packets_to_peer: traffic.packets_to_peer as i64,
+                bytes_to_peer: traffic.bytes_to_peer as i64,
+                packets_to_client: traffic.packets_to_client as i64,
+                bytes_to_client: traffic.bytes_to_client as i64,
+            })
+        }
     }
+}
+
+fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::SessionRecord> {
+    Some(callbox_store::SessionRecord {
+        room: r.room,
+        peer_id: r.peer_id,
+        client: r.addr.to_string(),
+        started_at: r.joined_unix as i64,
+        ended_at: r.left_unix as i64,
+        close_reason: r.reason.to_string(),
+        messages_in: r.messages_in as i64,
+        messages_out: r.messages_out as i64,
+    })
 }
 
 /// A bound turn role, ready to run.
@@ -265,8 +340,8 @@ struct TurnBound {
 
 async fn bind_turn(
     config: &Config,
-    secrets: SecretSet,
-    store: Option<Arc<std::sync::Mutex<callbox_store::Store>>>,
+    credentials: Credentials,
+    history: HistorySink,
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = if t.workers == 0 {
@@ -312,12 +387,18 @@ async fn bind_turn(
         },
         workers,
         port_range: (t.relay_port_min, t.relay_port_max),
-        credentials: Arc::new(ArcSwap::from_pointee(credentials_snapshot(config, secrets))),
+        credentials: Arc::new(ArcSwap::from_pointee(credentials)),
         policy: Arc::new(ArcSwap::from_pointee(policy)),
         quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
     };
     let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
-    tokio::spawn(consume_events(events, store));
+    tokio::spawn(write_history(
+        events,
+        allocation_row,
+        callbox_store::Store::record_history,
+        history,
+        "allocation",
+    ));
     Ok(TurnBound {
         role,
         http,
@@ -340,21 +421,58 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<Stri
     }
 }
 
-/// The store in the state directory; history is skipped (with a warning) when it cannot
-/// be opened, so a read-only or full disk never keeps the relay from starting.
-fn open_store(loaded: &Loaded) -> Option<Arc<std::sync::Mutex<callbox_store::Store>>> {
-    let path = loaded.state_dir.join("callbox.db");
+/// The store in the state directory. When it cannot be opened the relay and signaling
+/// still start (on the configured or generated secret), without history or admin: a
+/// read-only or full disk never keeps calls from working.
+fn open_store(loaded: &Loaded) -> Option<SharedStore> {
+    let path = loaded.state_dir.join(STORE_FILE);
     if let Err(e) = std::fs::create_dir_all(&loaded.state_dir) {
-        tracing::warn!(error = %e, "state directory unavailable; allocation history is off");
+        tracing::warn!(error = %e, "state directory unavailable; running without the store");
         return None;
     }
     match callbox_store::Store::open(&path) {
         Ok(s) => Some(Arc::new(std::sync::Mutex::new(s))),
         Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "store unavailable; allocation history is off");
+            tracing::warn!(error = %e, path = %path.display(), "store unavailable; running without history and admin");
             None
         }
     }
+}
+
+/// The admin token file in the state directory.
+pub const TOKEN_FILE: &str = "admin-token";
+
+/// Makes a new admin token: its digest goes to the store, the token itself to
+/// `STATE_DIR/admin-token` (mode 0600, written to a temporary name and renamed).
+pub fn write_new_token(
+    store: &callbox_store::Store,
+    state_dir: &std::path::Path,
+    actor: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let token = callbox_admin::new_token();
+    let path = state_dir.join(TOKEN_FILE);
+    // The digest is stored first: a crash before the file is written leaves the old file
+    // (no longer valid) and the way in is another rotation; never a working token that
+    // the store does not know.
+    store.set_admin_token(callbox_admin::token_digest(&token), access::unix_now(), actor)?;
+    state::write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok(path)
+}
+
+/// A token is made on first start; later starts keep the stored one.
+fn ensure_admin_token(store: &SharedStore, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let s = store.lock().unwrap_or_else(|e| e.into_inner());
+    if s.admin_token()?.is_some() {
+        if !state_dir.join(TOKEN_FILE).exists() {
+            tracing::warn!(
+                "the admin token file is missing; make a new one with `callbox admin token rotate`"
+            );
+        }
+        return Ok(());
+    }
+    let path = write_new_token(&s, state_dir, "bootstrap")?;
+    tracing::info!(path = %path.display(), "admin token generated");
+    Ok(())
 }
 
 /// A future that resolves when the shared shutdown flag is raised.
@@ -377,12 +495,60 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     }
     let run_turn = roles.iter().any(|r| r == "turn");
     let run_signal = roles.iter().any(|r| r == "signal");
+    let mut run_admin = roles.iter().any(|r| r == "admin");
     let config = &loaded.config;
-    let secrets = secrets(&loaded)?;
+    let started = std::time::Instant::now();
+
+    // The store, and the first snapshot of what the roles read from it.
+    let health = Arc::new(callbox_store::Health::default());
+    let store = open_store(&loaded);
+    if let Some(st) = &store {
+        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+        seed_secrets(&loaded, &mut s)?;
+    }
+    if run_admin && store.is_none() {
+        tracing::error!("the admin role needs the store; it does not run");
+        run_admin = false;
+    }
+    let realm = config.turn.realm.clone();
+    let snapshot = match &store {
+        Some(st) => Snapshot::read(
+            &st.lock().unwrap_or_else(|e| e.into_inner()),
+            &realm,
+            access::unix_now(),
+        )
+        .context("reading the store")?,
+        None => Snapshot::default(),
+    };
+    let mut access = Access {
+        store: store.clone().unwrap_or_else(|| {
+            Arc::new(std::sync::Mutex::new(
+                callbox_store::Store::in_memory().expect("in-memory store"),
+            ))
+        }),
+        health: Arc::clone(&health),
+        realm,
+        config_secrets: config_secrets(&loaded),
+        config_users: config_users(config),
+        retention_days: config.admin.history_retention_days,
+        changed: Arc::new(tokio::sync::Notify::new()),
+        turn: None,
+        signal: None,
+        ice_secrets: None,
+    };
+    let secrets = match access.secret_set(&snapshot) {
+        Some(s) => s,
+        None => file_secret(&loaded)?,
+    };
+    let history = HistorySink {
+        store: store.clone(),
+        health: Arc::clone(&health),
+    };
 
     // Bind everything before running anything, so a bad address fails the start.
     let turn = if run_turn {
-        Some(bind_turn(config, secrets.clone(), open_store(&loaded)).await?)
+        let creds = access.credentials(&snapshot, secrets.clone());
+        Some(bind_turn(config, creds, history.clone()).await?)
     } else {
         None
     };
@@ -392,6 +558,16 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding signal.listen {a}"))?,
+        )
+    } else {
+        None
+    };
+    let admin_listener = if run_admin {
+        let a = config.admin.listen;
+        Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding admin.listen {a}"))?,
         )
     } else {
         None
@@ -412,6 +588,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     let mut ready_fields: Vec<(&str, String)> = Vec::new();
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
     if let Some(tb) = turn {
+        access.turn = Some(tb.role.control());
         let http_addr = tb.http.as_ref().and_then(|h| h.local_addr().ok());
         if let Some(http) = tb.http {
             let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
@@ -439,14 +616,28 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
+        let ice_secrets = Arc::new(ArcSwap::from_pointee(secrets));
         let ice = callbox_signal::IceSource {
             stun_urls,
             turn_urls,
-            secrets: Arc::new(ArcSwap::from_pointee(secrets)),
+            secrets: Arc::clone(&ice_secrets),
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
         };
         let app = callbox_signal::state(config.signal.clone(), ice);
+        app.set_api_keys(snapshot.api_keys.iter().cloned().collect());
+        app.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
+        if let Some(sessions) = app.take_session_events() {
+            tokio::spawn(write_history(
+                sessions,
+                session_row,
+                callbox_store::Store::record_sessions,
+                history.clone(),
+                "session",
+            ));
+        }
+        access.signal = Some(Arc::clone(&app));
+        access.ice_secrets = Some(ice_secrets);
         ready_fields.push((
             "signal",
             listener.local_addr().map_or("-".into(), |a| a.to_string()),
@@ -457,6 +648,56 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             "signal",
             tokio::spawn(async move { role.run(listener, stop).await.context("signal role") }),
         ));
+    }
+    if let (Some(listener), Some(st)) = (admin_listener, &store) {
+        ensure_admin_token(st, &loaded.state_dir)?;
+        let live = crate::live::LiveRoles {
+            turn: access.turn.clone(),
+            signal: access.signal.clone(),
+        };
+        let redacted: toml::Value = toml::from_str(&config.to_redacted_toml()).context("redacted config")?;
+        let info = callbox_admin::AdminInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            roles: roles.clone(),
+            started,
+            realm: config.turn.realm.clone(),
+            config: serde_json::to_value(redacted).context("redacted config")?,
+            secrets_from_config: access.config_secrets.is_some(),
+            rotation_overlap: config
+                .admin
+                .rotation_overlap
+                .unwrap_or(config.auth.max_credential_ttl),
+            max_body_bytes: config.admin.max_body_bytes,
+            auth_failures_per_minute: config.admin.auth_failures_per_minute,
+        };
+        let app = callbox_admin::AdminState::new(
+            Arc::clone(st),
+            Arc::clone(&health),
+            Arc::new(live),
+            info,
+            Arc::clone(&access.changed),
+        );
+        ready_fields.push((
+            "admin",
+            listener.local_addr().map_or("-".into(), |a| a.to_string()),
+        ));
+        let router = callbox_admin::router(app);
+        let stop = on_shutdown(&stop_rx);
+        tasks.push((
+            "admin",
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await
+                .context("admin role")
+            }),
+        ));
+    }
+    if store.is_some() {
+        tokio::spawn(access.run(snapshot));
     }
     let fields: Vec<String> = ready_fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(

@@ -25,8 +25,16 @@ pub fn shared_secret(state_dir: &Path) -> anyhow::Result<Secret> {
     let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    // Written to a temporary name and renamed, so a crash never leaves a partial secret.
-    let tmp = state_dir.join(format!(".{SECRET_FILE}.tmp"));
+    write_private(&path, hex.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated a new TURN shared secret");
+    Ok(Secret::new(hex))
+}
+
+/// Writes `contents` to `path` with mode 0600, through a temporary name and a rename, so
+/// a crash never leaves a partial file and nobody else ever reads it.
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -34,11 +42,9 @@ pub fn shared_secret(state_dir: &Path) -> anyhow::Result<Secret> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(hex.as_bytes())?;
+    f.write_all(contents)?;
     f.sync_all()?;
-    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new TURN shared secret");
-    Ok(Secret::new(hex))
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub struct Config {
     pub auth: Auth,
     pub turn: Turn,
     pub signal: Signal,
+    pub admin: Admin,
 }
 
 /// Process-wide settings.
@@ -255,6 +256,36 @@ impl Default for Signal {
             drain_seconds: 20,
             turn_urls: vec![],
             stun_urls: vec![],
+        }
+    }
+}
+
+/// The admin role: the token-protected API over the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// The API listener. Loopback by default: put a TLS proxy in front to reach it remotely.
+    pub listen: SocketAddr,
+    /// Days of allocation and session history kept (0 keeps everything).
+    pub history_retention_days: u64,
+    /// Largest request body accepted, in bytes (413 past it).
+    pub max_body_bytes: usize,
+    /// Failed token checks allowed per client address per minute (429 past it).
+    pub auth_failures_per_minute: u32,
+    /// Seconds the previous TURN secret keeps verifying after a rotation. Default: the
+    /// longest credential lifetime (`auth.max_credential_ttl`), so nothing minted before
+    /// a rotation stops working early.
+    pub rotation_overlap: Option<u64>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".parse().expect("literal"),
+            history_retention_days: 30,
+            max_body_bytes: 64 * 1024,
+            auth_failures_per_minute: 10,
+            rotation_overlap: None,
         }
     }
 }
@@ -552,12 +583,6 @@ impl Config {
                 "must be `open` or `jwt` (API keys are for signal.ice_auth)".into(),
             ));
         }
-        if sg.ice_auth == AuthMode::ApiKey && sg.api_keys.is_empty() {
-            p.push((
-                "signal.api_keys".into(),
-                "at least one key is needed when signal.ice_auth is `api-key`".into(),
-            ));
-        }
         for (i, k) in sg.api_keys.iter().enumerate() {
             if !crate::credentials::valid_user_id(&k.name) {
                 p.push((
@@ -626,6 +651,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        let ad = &self.admin;
+        if ad.max_body_bytes < 1024 {
+            p.push(("admin.max_body_bytes".into(), "must be at least 1024".into()));
+        }
+        if ad.auth_failures_per_minute == 0 {
+            p.push((
+                "admin.auth_failures_per_minute".into(),
+                "must be at least 1".into(),
+            ));
         }
         let a = &self.auth;
         if a.credential_ttl == 0 || a.credential_ttl > a.max_credential_ttl {

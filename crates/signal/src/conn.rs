@@ -329,4 +329,47 @@ mod tests {
         task.await.unwrap();
         assert_eq!(hub.counts(), (1, 1));
     }
+
+    /// Admin closes reach the socket with their code, and the hub's removal (at once) and
+    /// the connection's later report (`Ended::Kicked`) count as one.
+    #[tokio::test]
+    async fn kick_and_room_close_reach_the_socket_and_remove_once() {
+        let hub = Arc::new(Hub::new(
+            HubConfig::default(),
+            Arc::new(SignalMetrics::default()),
+            Box::new(rand::random::<u128>),
+        ));
+        let gauges = |hub: &Hub| {
+            (
+                hub.metrics.rooms.load(Ordering::Relaxed),
+                hub.metrics.peers.load(Ordering::Relaxed),
+            )
+        };
+        let (_ta, mut ra, task_a) = start(&hub).await;
+        assert_eq!(text(&ra.next().await.unwrap())["type"], "welcome");
+        let (_tb, mut rb, task_b) = start(&hub).await;
+        let b_id = text(&rb.next().await.unwrap())["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(text(&ra.next().await.unwrap())["type"], "peer-joined");
+
+        assert!(hub.kick_peer("r", &b_id));
+        assert_eq!(close_code(&rb.next().await.unwrap()), 4003);
+        task_b.await.unwrap();
+        let left = text(&ra.next().await.unwrap());
+        assert_eq!(
+            (left["type"].as_str(), left["reason"].as_str()),
+            (Some("peer-left"), Some("kicked"))
+        );
+        assert_eq!(hub.counts(), (1, 1));
+        assert_eq!(gauges(&hub), (1, 1));
+
+        assert_eq!(hub.close_room("r"), 1);
+        // The very next frame is the close: no second peer-left for b.
+        assert_eq!(close_code(&ra.next().await.unwrap()), 4009);
+        task_a.await.unwrap();
+        assert_eq!(hub.counts(), (0, 0));
+        assert_eq!(gauges(&hub), (0, 0));
+    }
 }

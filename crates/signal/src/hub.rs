@@ -5,6 +5,10 @@
 //! Rooms are spread over shards by the hash of their id; everything a message touches
 //! lives in its room's shard, so one lock is taken per message and rooms on other shards
 //! never wait.
+//!
+//! Admin reaches in through [`Hub::rooms`], [`Hub::kick_peer`], [`Hub::kick_addresses`] and
+//! [`Hub::close_room`]; every peer that leaves for good (not into its resume grace) becomes
+//! a [`SessionRecord`] on the optional channel given by [`Hub::with_session_events`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -12,9 +16,11 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
 
 use crate::metrics::SignalMetrics;
 
@@ -24,6 +30,47 @@ pub trait Outbox: Send + Sync {
     fn send(&self, text: Arc<str>) -> bool;
     /// Asks the connection to close with `code` (the connection reports back when it did).
     fn close(&self, code: u16, reason: &str);
+}
+
+/// A peer as admin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    /// The client address of its current (or, in grace, last) connection.
+    pub addr: IpAddr,
+    /// False while the peer is in its resume grace (no connection).
+    pub connected: bool,
+    /// Wall clock seconds of the first join (a resume continues the same session).
+    pub joined_unix: u64,
+    pub meta: Value,
+    /// Frames received from the peer and handed to the hub (invalid and rate-limited
+    /// ones included).
+    pub messages_in: u64,
+    /// Messages queued for the peer (everything with a `seq`: relayed, presence, errors,
+    /// pongs); replays after a resume are not counted again.
+    pub messages_out: u64,
+}
+
+/// A room with at least one peer, as admin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomInfo {
+    pub room: String,
+    /// In join order.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// A finished signaling session: one peer from its join to its removal, across resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRecord {
+    pub room: String,
+    pub peer_id: String,
+    pub addr: IpAddr,
+    pub joined_unix: u64,
+    pub left_unix: u64,
+    /// `left`, `timeout`, `kicked` or `error`: the `peer-left` reason the others got.
+    pub reason: &'static str,
+    pub messages_in: u64,
+    pub messages_out: u64,
 }
 
 /// Limits and timings of the hub.
@@ -167,6 +214,12 @@ struct Peer {
     id: String,
     meta: Value,
     conn: u64,
+    /// Client address of the current (or last) connection: bans and admin listings.
+    addr: IpAddr,
+    joined_unix: u64,
+    /// Plain counters: they change under the shard lock the message takes anyway.
+    messages_in: u64,
+    messages_out: u64,
     outbox: Option<Arc<dyn Outbox>>,
     addr_rate: Arc<AddrRate>,
     /// Last seq sent to this peer.
@@ -237,6 +290,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     random: Box<dyn Fn() -> u128 + Send + Sync>,
     pub metrics: Arc<SignalMetrics>,
+    /// Finished sessions, for the admin's history; `try_send`, drops counted.
+    sessions: Option<mpsc::Sender<SessionRecord>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -258,6 +313,12 @@ fn with_seq(seq: u64, body: &str) -> Arc<str> {
     Arc::from(format!("{{\"seq\":{seq}{sep}{rest}"))
 }
 
+fn wall_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn error_body(code: &str, message: &str) -> String {
     json!({"type": "error", "code": code, "message": message}).to_string()
 }
@@ -277,7 +338,17 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             random,
             metrics,
+            sessions: None,
         }
+    }
+
+    /// Sends a [`SessionRecord`] on `tx` whenever a peer leaves for good. The hub never
+    /// waits on it: a full or closed channel loses the record and counts it in
+    /// `callbox_signal_session_events_dropped_total`, so a stalled history writer cannot
+    /// stall signaling.
+    pub fn with_session_events(mut self, tx: mpsc::Sender<SessionRecord>) -> Self {
+        self.sessions = Some(tx);
+        self
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -390,9 +461,9 @@ impl Hub {
         let mut shard = lock(self.shard(room));
         if let Some(r) = shard.rooms.get_mut(room) {
             r.reserved = r.reserved.saturating_sub(1);
+            // A room with no peers was never counted in the rooms gauge.
             if r.peers.is_empty() && r.reserved == 0 {
                 shard.rooms.remove(room);
-                self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -452,6 +523,10 @@ impl Hub {
             id: peer_id.clone(),
             meta,
             conn,
+            addr,
+            joined_unix: wall_clock(),
+            messages_in: 0,
+            messages_out: 0,
             outbox: Some(outbox),
             addr_rate,
             seq: 0,
@@ -465,7 +540,7 @@ impl Hub {
         });
         shard.tokens.insert(token, (room.to_string(), peer_id.clone()));
         self.metrics.peers.fetch_add(1, Ordering::Relaxed);
-        Self::end_overflowed_graces(&self.cfg, shard, room, &self.metrics);
+        self.end_overflowed_graces(shard, room);
         Joined {
             peer_id,
             conn,
@@ -473,17 +548,24 @@ impl Hub {
         }
     }
 
-    /// Takes over a peer's place with a new connection: `welcome` with `resumed: true`,
-    /// then every logged message after `last_seq`.
+    /// Takes over a peer's place with a new connection from `addr`: `welcome` with
+    /// `resumed: true`, then every logged message after `last_seq`. The address may differ
+    /// from the one the peer joined from (a phone changing networks); bans and the address
+    /// rate window follow the new one.
+    #[allow(clippy::too_many_arguments)] // join's arguments plus the token and last_seq
     pub fn resume(
         &self,
         room: &str,
         token: &str,
         last_seq: u64,
+        addr: IpAddr,
         outbox: Arc<dyn Outbox>,
         (ice, ice_ttl): (&Value, u64),
         now: Instant,
     ) -> Result<Joined, JoinError> {
+        let addr_rate = lock(&self.addrs)
+            .get(&addr)
+            .map_or_else(|| Arc::new(AddrRate::default()), |e| Arc::clone(&e.rate));
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
         Self::check_resume(shard, room, token, last_seq, now)?;
@@ -518,6 +600,8 @@ impl Hub {
         }
         peer.outbox = Some(outbox);
         peer.conn = conn;
+        peer.addr = addr;
+        peer.addr_rate = addr_rate;
         peer.grace_until = None;
         peer.overflowed = false;
         peer.resume_token = new_token.clone();
@@ -533,6 +617,7 @@ impl Hub {
     /// Appends a message (with the peer's next seq) to its log and sends it if connected.
     fn deliver(cfg: &HubConfig, p: &mut Peer, body: &str) {
         p.seq += 1;
+        p.messages_out += 1;
         let text = with_seq(p.seq, body);
         p.log_bytes += text.len();
         p.log.push_back(LogEntry {
@@ -555,51 +640,103 @@ impl Hub {
     }
 
     /// Ends at once the grace of peers whose log overflowed while they were away.
-    fn end_overflowed_graces(cfg: &HubConfig, shard: &mut Shard, room: &str, metrics: &SignalMetrics) {
-        let gone: Vec<String> = match shard.rooms.get(room) {
-            Some(r) => r
-                .peers
-                .iter()
-                .filter(|p| p.outbox.is_none() && p.overflowed)
-                .map(|p| p.id.clone())
-                .collect(),
-            None => return,
-        };
-        for id in gone {
-            Self::remove_peer(cfg, shard, room, &id, "timeout", metrics);
-        }
+    fn end_overflowed_graces(&self, shard: &mut Shard, room: &str) {
+        self.evict(
+            shard,
+            room,
+            |p| p.outbox.is_none() && p.overflowed,
+            None,
+            "timeout",
+        );
     }
 
-    fn remove_peer(
-        cfg: &HubConfig,
+    fn remove_peer(&self, shard: &mut Shard, room: &str, peer_id: &str, reason: &'static str) {
+        self.evict(shard, room, |p| p.id == peer_id, None, reason);
+    }
+
+    /// Removes for good the peers of `room` that `which` selects, and returns how many.
+    ///
+    /// Every way out of a room goes through here, so the gauges, the resume tokens and the
+    /// session records stay right whatever the reason: a live connection is asked to close
+    /// with `close` (its later report finds nothing left to remove), its token dies with it
+    /// (so a kicked peer cannot resume), and the peers that stay get one `peer-left` per
+    /// removed peer. Removing them all before telling anyone means peers removed together
+    /// (a closed room, a banned network) are not told about each other.
+    fn evict(
+        &self,
         shard: &mut Shard,
         room: &str,
-        peer_id: &str,
-        reason: &str,
-        metrics: &SignalMetrics,
-    ) {
+        which: impl Fn(&Peer) -> bool,
+        close: Option<(u16, &str)>,
+        reason: &'static str,
+    ) -> usize {
         let Some(r) = shard.rooms.get_mut(room) else {
-            return;
+            return 0;
         };
-        let Some(i) = r.peers.iter().position(|p| p.id == peer_id) else {
-            return;
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < r.peers.len() {
+            if which(&r.peers[i]) {
+                gone.push(r.peers.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if gone.is_empty() {
+            return 0;
+        }
+        for p in &gone {
+            if let (Some(o), Some((code, why))) = (&p.outbox, close) {
+                o.close(code, why);
+            }
+            shard.tokens.remove(&p.resume_token);
+            let body = json!({"type": "peer-left", "peer_id": p.id, "reason": reason}).to_string();
+            for other in r.peers.iter_mut() {
+                Self::deliver(&self.cfg, other, &body);
+            }
+        }
+        self.metrics.peers.fetch_sub(gone.len() as i64, Ordering::Relaxed);
+        if r.peers.is_empty() {
+            self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+            // An upgrade in progress still holds its slot; the room goes with the last one.
+            if r.reserved == 0 {
+                shard.rooms.remove(room);
+            }
+        }
+        let n = gone.len();
+        let left_unix = wall_clock();
+        for p in gone {
+            self.record(room, p, left_unix, reason);
+        }
+        // A peer-left may have overflowed the log of a peer that is away.
+        self.end_overflowed_graces(shard, room);
+        n
+    }
+
+    /// Queues the session record of a removed peer, never waiting.
+    fn record(&self, room: &str, p: Peer, left_unix: u64, reason: &'static str) {
+        let Some(tx) = &self.sessions else { return };
+        let rec = SessionRecord {
+            room: room.to_string(),
+            peer_id: p.id,
+            addr: p.addr,
+            joined_unix: p.joined_unix,
+            left_unix,
+            reason,
+            messages_in: p.messages_in,
+            messages_out: p.messages_out,
         };
-        let p = r.peers.remove(i);
-        shard.tokens.remove(&p.resume_token);
-        metrics.peers.fetch_sub(1, Ordering::Relaxed);
-        let body = json!({"type": "peer-left", "peer_id": peer_id, "reason": reason}).to_string();
-        for other in r.peers.iter_mut() {
-            Self::deliver(cfg, other, &body);
+        if tx.try_send(rec).is_err() {
+            self.metrics
+                .session_events_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
-        if r.peers.is_empty() && r.reserved == 0 {
-            shard.rooms.remove(room);
-            metrics.rooms.fetch_sub(1, Ordering::Relaxed);
-        }
-        // The peer-left may have overflowed the log of a peer that is away.
-        Self::end_overflowed_graces(cfg, shard, room, metrics);
     }
 
     /// The connection `conn` of `peer_id` ended.
+    ///
+    /// A peer the hub removed itself (kick, room close, ban, `leave`) is gone by the time
+    /// its connection reports, so nothing happens twice.
     pub fn ended(&self, room: &str, peer_id: &str, conn: u64, how: Ended, now: Instant) {
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
@@ -620,29 +757,26 @@ impl Hub {
                 p.outbox = None;
                 p.grace_until = Some(now + self.cfg.grace);
             }
-            Ended::Left => Self::remove_peer(&self.cfg, shard, room, peer_id, "left", &self.metrics),
-            Ended::Error => Self::remove_peer(&self.cfg, shard, room, peer_id, "error", &self.metrics),
-            Ended::Kicked => Self::remove_peer(&self.cfg, shard, room, peer_id, "kicked", &self.metrics),
+            Ended::Left => self.remove_peer(shard, room, peer_id, "left"),
+            Ended::Error => self.remove_peer(shard, room, peer_id, "error"),
+            Ended::Kicked => self.remove_peer(shard, room, peer_id, "kicked"),
         }
     }
 
     /// Ends expired graces (`peer-left` with `timeout`). Call about once a second.
     pub fn tick(&self, now: Instant) {
+        let expired = |p: &Peer| p.grace_until.is_some_and(|g| g <= now);
         for s in &self.shards {
             let mut shard = lock(s);
             let shard = &mut *shard;
-            let expired: Vec<(String, String)> = shard
+            let rooms: Vec<String> = shard
                 .rooms
                 .iter()
-                .flat_map(|(room, r)| {
-                    r.peers
-                        .iter()
-                        .filter(|p| p.grace_until.is_some_and(|g| g <= now))
-                        .map(move |p| (room.clone(), p.id.clone()))
-                })
+                .filter(|(_, r)| r.peers.iter().any(expired))
+                .map(|(room, _)| room.clone())
                 .collect();
-            for (room, id) in expired {
-                Self::remove_peer(&self.cfg, shard, &room, &id, "timeout", &self.metrics);
+            for room in rooms {
+                self.evict(shard, &room, expired, None, "timeout");
             }
         }
     }
@@ -664,18 +798,108 @@ impl Hub {
         }
     }
 
-    /// Closes every connection of a room with 4009 (admin).
+    /// Closes a room (admin): live connections get 4009, peers in their resume grace are
+    /// dropped with them, and nobody can resume into it. Returns the peers removed, 0 when
+    /// the room has none (admin answers 404). The room is not blocked: a later join opens
+    /// it afresh.
     pub fn close_room(&self, room: &str) -> usize {
-        let shard = lock(self.shard(room));
-        let Some(r) = shard.rooms.get(room) else { return 0 };
+        let mut shard = lock(self.shard(room));
+        self.evict(
+            &mut shard,
+            room,
+            |_| true,
+            Some((4009, "room closed by admin")),
+            "kicked",
+        )
+    }
+
+    /// Kicks one peer (admin): its connection gets 4003 (clients do not retry), it is
+    /// removed at once rather than when the connection reports, and the others get
+    /// `peer-left` `kicked`. A peer in its resume grace is just removed. False when the room
+    /// has no such peer.
+    pub fn kick_peer(&self, room: &str, peer_id: &str) -> bool {
+        let mut shard = lock(self.shard(room));
+        self.evict(
+            &mut shard,
+            room,
+            |p| p.id == peer_id,
+            Some((4003, "kicked by admin")),
+            "kicked",
+        ) > 0
+    }
+
+    /// Kicks, as [`Hub::kick_peer`] does, every peer whose client address `pred` selects
+    /// (connected or in grace), and returns how many. Used when bans change; `pred` runs
+    /// under shard locks, so it should be a plain lookup.
+    pub fn kick_addresses(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
         let mut n = 0;
-        for p in &r.peers {
-            if let Some(o) = &p.outbox {
-                o.close(4009, "room closed");
-                n += 1;
+        for s in &self.shards {
+            let mut shard = lock(s);
+            let shard = &mut *shard;
+            let rooms: Vec<String> = shard
+                .rooms
+                .iter()
+                .filter(|(_, r)| r.peers.iter().any(|p| pred(p.addr)))
+                .map(|(room, _)| room.clone())
+                .collect();
+            for room in rooms {
+                n += self.evict(
+                    shard,
+                    &room,
+                    |p| pred(p.addr),
+                    Some((4003, "banned by admin")),
+                    "kicked",
+                );
             }
         }
         n
+    }
+
+    /// Rooms with at least one peer (connected or in grace), sorted by name, for admin.
+    /// Takes each shard lock in turn: a consistent view per room, not across rooms.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let shard = lock(s);
+            out.extend(
+                shard
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| !r.peers.is_empty())
+                    .map(|(name, r)| Self::room_info(name, r)),
+            );
+        }
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        out
+    }
+
+    /// One room, or `None` when it has no peers.
+    pub fn room(&self, name: &str) -> Option<RoomInfo> {
+        let shard = lock(self.shard(name));
+        shard
+            .rooms
+            .get(name)
+            .filter(|r| !r.peers.is_empty())
+            .map(|r| Self::room_info(name, r))
+    }
+
+    fn room_info(name: &str, r: &Room) -> RoomInfo {
+        RoomInfo {
+            room: name.to_string(),
+            peers: r
+                .peers
+                .iter()
+                .map(|p| PeerInfo {
+                    peer_id: p.id.clone(),
+                    addr: p.addr,
+                    connected: p.outbox.is_some(),
+                    joined_unix: p.joined_unix,
+                    meta: p.meta.clone(),
+                    messages_in: p.messages_in,
+                    messages_out: p.messages_out,
+                })
+                .collect(),
+        }
     }
 
     /// Closes every live connection with `code` (4012 when draining).
@@ -713,6 +937,7 @@ impl Hub {
         let Some(pi) = r.peers.iter().position(|p| p.id == peer_id && p.conn == conn) else {
             return Verdict::Continue;
         };
+        r.peers[pi].messages_in += 1;
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let addr_ok = r.peers[pi].addr_rate.hit(
             now_ms,
@@ -762,7 +987,7 @@ impl Hub {
             }
             ClientMessage::Leave => {
                 self.metrics.message("leave");
-                Self::remove_peer(&self.cfg, shard, room, peer_id, "left", &self.metrics);
+                self.remove_peer(shard, room, peer_id, "left");
                 Verdict::Close(1000)
             }
             ClientMessage::Relay { kind, to, mut object } => {
@@ -795,7 +1020,7 @@ impl Hub {
                 }
                 self.metrics.message(kind);
                 self.metrics.observe_relay(started.elapsed());
-                Self::end_overflowed_graces(&self.cfg, shard, room, &self.metrics);
+                self.end_overflowed_graces(shard, room);
                 Verdict::Continue
             }
         }

@@ -5,6 +5,10 @@
 //! connection over any `Sink`/`Stream`; this module holds the HTTP surface: admission
 //! checks made before the upgrade (so refusals are plain HTTP with a JSON body), the ICE
 //! endpoint and its auth modes, CORS and draining.
+//!
+//! Admin hooks (the admin role drives them from its store): [`AppState::set_bans`],
+//! [`AppState::set_api_keys`], [`AppState::take_session_events`], and on the hub
+//! [`Hub::rooms`], [`Hub::kick_peer`] and [`Hub::close_room`].
 
 pub mod conn;
 pub mod hub;
@@ -28,13 +32,21 @@ use axum::routing::get;
 use callbox_core::config::{AuthMode, Signal as SignalConfig};
 use callbox_core::credentials::valid_user_id;
 use callbox_core::ice;
+use callbox_core::policy::Cidr;
 use callbox_core::{Secret, SecretSet};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::conn::{ConnContext, ConnOutbox};
-use crate::hub::{Hub, HubConfig, JoinError};
+pub use crate::hub::{Hub, PeerInfo, RoomInfo, SessionRecord};
+use crate::hub::{HubConfig, JoinError};
 use crate::metrics::SignalMetrics;
+
+/// Capacity of the session history channel: minutes of churn at a busy edge, while a
+/// bounded queue keeps a stalled (or absent) consumer from growing memory without end.
+pub const SESSION_EVENTS_CAPACITY: usize = 65_536;
 
 /// The subprotocol selected when offered.
 pub const SUBPROTOCOL: &str = "callbox.v1";
@@ -175,6 +187,15 @@ pub struct AppState {
     pub metrics: Arc<SignalMetrics>,
     /// Extra readiness condition (e.g. the backplane is reachable).
     pub ready: Arc<AtomicBool>,
+    /// Banned client networks, checked before every upgrade and ICE request. Swapped
+    /// whole by [`AppState::set_bans`] (which also kicks live connections) so the
+    /// admission path reads it without a lock.
+    pub bans: ArcSwap<Vec<Cidr>>,
+    /// API keys managed in the admin store: SHA-256 of the key to the key's name. The
+    /// store keeps only digests, so this is what a presented key is matched against,
+    /// besides the configured `signal.api_keys`.
+    pub store_api_keys: ArcSwap<HashMap<[u8; 32], String>>,
+    session_events: Mutex<Option<mpsc::Receiver<SessionRecord>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -197,11 +218,11 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
         window: Duration::from_secs(10),
         heartbeat_ms: cfg.heartbeat_ms,
     };
-    let hub = Arc::new(Hub::new(
-        hub_cfg,
-        Arc::clone(&metrics),
-        Box::new(rand::random::<u128>),
-    ));
+    let (session_tx, session_rx) = mpsc::channel(SESSION_EVENTS_CAPACITY);
+    let hub = Arc::new(
+        Hub::new(hub_cfg, Arc::clone(&metrics), Box::new(rand::random::<u128>))
+            .with_session_events(session_tx),
+    );
     Arc::new(AppState {
         http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
         cfg,
@@ -210,7 +231,76 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
         draining: AtomicBool::new(false),
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
+        bans: ArcSwap::from_pointee(Vec::new()),
+        store_api_keys: ArcSwap::from_pointee(HashMap::new()),
+        session_events: Mutex::new(Some(session_rx)),
     })
+}
+
+/// Whether `ban` covers `ip` (already canonical: IPv4-mapped addresses in their IPv4 form).
+/// [`Cidr::contains`] compares an IPv4 address only with IPv4 networks; a network written
+/// in IPv4-mapped form and built with [`Cidr::new`] (parsing already converts it) is
+/// judged here as the IPv4 network it stands for, so no spelling lets a banned client in.
+fn ban_covers(ban: &Cidr, ip: IpAddr) -> bool {
+    if ban.contains(ip) {
+        return true;
+    }
+    if let IpAddr::V6(net) = ban.addr()
+        && ban.prefix() >= 96
+        && let Some(v4) = net.to_ipv4_mapped()
+    {
+        return Cidr::new(IpAddr::V4(v4), ban.prefix() - 96).is_some_and(|c| c.contains(ip));
+    }
+    false
+}
+
+impl AppState {
+    /// Whether a client address is banned.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.bans.load().iter().any(|b| ban_covers(b, ip))
+    }
+
+    /// Replaces the ban list and closes, with 4003, every connection (and drops every peer
+    /// in its resume grace) whose address it covers: a ban takes effect at once, not at the
+    /// next reconnect. The list is stored before the sweep, so a connection admitted just
+    /// before is either swept or sees the new list when it joins (see `run_connection`).
+    pub fn set_bans(&self, bans: Vec<Cidr>) {
+        self.bans.store(Arc::new(bans));
+        let bans = self.bans.load();
+        if bans.is_empty() {
+            return;
+        }
+        let n = self
+            .hub
+            .kick_addresses(|ip| bans.iter().any(|b| ban_covers(b, canonical_ip(ip))));
+        if n > 0 {
+            tracing::info!(peers = n, "banned peers removed");
+        }
+    }
+
+    /// Replaces the store-managed API keys (SHA-256 digest of the key to its name).
+    /// Requests already answered are not affected: ICE credentials are not revocable.
+    pub fn set_api_keys(&self, keys: HashMap<[u8; 32], String>) {
+        self.store_api_keys.store(Arc::new(keys));
+    }
+
+    /// The receiver of finished signaling sessions, once: the first caller (the admin's
+    /// history writer) gets it, later calls `None`. Until it is taken, records queue up to
+    /// [`SESSION_EVENTS_CAPACITY`] and then are dropped and counted; the hub never waits.
+    pub fn take_session_events(&self) -> Option<mpsc::Receiver<SessionRecord>> {
+        self.session_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn refuse_banned(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.is_banned(ip) {
+            return Err(Refusal::new(403, "banned", "this address is banned"));
+        }
+        Ok(())
+    }
 }
 
 /// The role's routes.
@@ -356,6 +446,7 @@ fn admit(
             "this server is shutting down; try again",
         )));
     }
+    app.refuse_banned(addr).map_err(refuse)?;
     let room = q.get("room").map(String::as_str).unwrap_or("");
     if !valid_room(room) {
         return Err(refuse(Refusal::new(
@@ -545,6 +636,7 @@ where
                 &room,
                 token,
                 *last_seq,
+                ip,
                 outbox.clone(),
                 (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
                 Instant::now(),
@@ -569,6 +661,11 @@ where
     match joined {
         Ok(j) => {
             tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
+            // A ban stored after this request's admission check but before its join: the
+            // ban's sweep may have missed the peer, but this load sees the new list.
+            if app.is_banned(ip) {
+                app.hub.kick_peer(&room, &j.peer_id);
+            }
             let ice_app = Arc::clone(&app);
             let user = admission
                 .identity
@@ -728,6 +825,23 @@ fn param_str<'a>(params: &'a HashMap<String, Value>, k: &str) -> Option<&'a str>
     params.get(k).and_then(Value::as_str)
 }
 
+/// The name of a presented API key: a configured key (compared in constant time, every
+/// one of them) or a store-managed one, looked up by its SHA-256 digest (the lookup's
+/// timing can only tell about the digest, which says nothing useful about keys).
+fn api_key_name(app: &AppState, presented: &str) -> Option<String> {
+    let mut found = None;
+    for k in &app.cfg.api_keys {
+        let eq: bool = subtle::ConstantTimeEq::ct_eq(k.key.expose().as_bytes(), presented.as_bytes()).into();
+        if eq && found.is_none() {
+            found = Some(k.name.clone());
+        }
+    }
+    found.or_else(|| {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        app.store_api_keys.load().get(&digest).cloned()
+    })
+}
+
 fn ice_servers(
     app: &AppState,
     peer: SocketAddr,
@@ -752,6 +866,7 @@ fn ice_servers_inner(
     if app.draining.load(Ordering::Relaxed) {
         return Err(Refusal::new(503, "draining", "this server is shutting down"));
     }
+    app.refuse_banned(ip)?;
     if origin_allowed(&app.cfg, headers).is_err() {
         return Err(Refusal::new(403, "origin", "this origin is not allowed"));
     }
@@ -778,15 +893,10 @@ fn ice_servers_inner(
                 .or_else(|| param_str(params, "key"))
                 .or_else(|| param_str(params, "api"))
                 .ok_or_else(|| Refusal::new(401, "unauthorized", "an API key is required"))?;
-            let mut found = None;
-            for k in &app.cfg.api_keys {
-                let eq: bool =
-                    subtle::ConstantTimeEq::ct_eq(k.key.expose().as_bytes(), presented.as_bytes()).into();
-                if eq && found.is_none() {
-                    found = Some(k.name.clone());
-                }
-            }
-            Some(found.ok_or_else(|| Refusal::new(401, "unauthorized", "unknown API key"))?)
+            Some(
+                api_key_name(app, presented)
+                    .ok_or_else(|| Refusal::new(401, "unauthorized", "unknown API key"))?,
+            )
         }
         AuthMode::Jwt => jwt_identity(&app.cfg, bearer(headers).or_else(|| param_str(params, "token")))?.user,
     };
@@ -910,5 +1020,228 @@ impl SignalRole {
         let r = served.await;
         ticker.abort();
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The HTTP surface over a real listener on loopback, and the admin hooks on
+    //! [`AppState`].
+
+    use super::*;
+    use callbox_core::config::ApiKey;
+    use futures_channel::mpsc as fmpsc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn app(cfg: SignalConfig) -> Arc<AppState> {
+        let secrets = SecretSet::new(vec![Secret::new("turn-secret")]).expect("one secret");
+        state(
+            cfg,
+            IceSource {
+                stun_urls: vec![],
+                turn_urls: vec!["turn:turn.example.invalid:3478".into()],
+                secrets: Arc::new(ArcSwap::from_pointee(secrets)),
+                default_ttl: 600,
+                max_ttl: 3600,
+            },
+        )
+    }
+
+    async fn serve(app: Arc<AppState>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(l, router(app).into_make_service_with_connect_info::<SocketAddr>()).await
+        });
+        addr
+    }
+
+    /// One HTTP/1.1 GET: status and body.
+    async fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (status, body)
+    }
+
+    fn code(body: &str) -> String {
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{body}"));
+        v["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[tokio::test]
+    async fn banned_addresses_are_refused_before_the_upgrade() {
+        let app = app(SignalConfig::default());
+        let addr = serve(Arc::clone(&app)).await;
+        assert_eq!(get(addr, "/v1/signal/validate?room=r", "").await.0, 200);
+        app.set_bans(vec!["127.0.0.0/8".parse().unwrap()]);
+        for (path, headers) in [
+            ("/v1/signal?room=r", UPGRADE),
+            ("/v1/signal/validate?room=r", ""),
+            ("/v1/ice-servers", ""),
+            // Banned first: a bad room or a bad resume tells a banned client nothing.
+            ("/v1/signal/validate?room=bad%20room", ""),
+            ("/v1/signal/validate?room=r&resume=nope", ""),
+        ] {
+            let (status, body) = get(addr, path, headers).await;
+            assert_eq!((status, code(&body).as_str()), (403, "banned"), "{path}");
+        }
+        assert_eq!(app.metrics.rejects("banned"), 5);
+        assert_eq!(
+            app.hub.address_entries(),
+            0,
+            "nothing counted for a refused upgrade"
+        );
+        // A ban elsewhere lets us in again.
+        app.set_bans(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(get(addr, "/v1/signal/validate?room=r", "").await.0, 200);
+        assert_eq!(get(addr, "/v1/ice-servers", "").await.0, 200);
+    }
+
+    #[test]
+    fn bans_cover_ipv4_mapped_spellings() {
+        let app = app(SignalConfig::default());
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        // Written in IPv4, client seen as IPv4-mapped IPv6 (a dual-stack listener).
+        app.set_bans(vec!["203.0.113.0/24".parse().unwrap()]);
+        assert!(app.is_banned(mapped) && app.is_banned(v4));
+        // Written IPv4-mapped: parsing makes it the IPv4 network; Cidr::new does not.
+        app.set_bans(vec!["::ffff:203.0.113.0/120".parse().unwrap()]);
+        assert!(app.is_banned(mapped) && app.is_banned(v4));
+        app.set_bans(vec![Cidr::new(mapped, 120).unwrap()]);
+        assert!(app.is_banned(mapped) && app.is_banned(v4));
+        assert!(!app.is_banned("203.0.114.9".parse().unwrap()));
+        // IPv6 stays IPv6.
+        app.set_bans(vec!["2001:db8::/32".parse().unwrap()]);
+        assert!(app.is_banned("2001:db8::1".parse().unwrap()));
+        assert!(!app.is_banned(v4));
+    }
+
+    /// A connection for tests: what the hub sends, and whether it was asked to close.
+    #[derive(Default)]
+    struct Probe {
+        sent: Mutex<Vec<Value>>,
+        closed: Mutex<Option<u16>>,
+    }
+
+    impl hub::Outbox for Probe {
+        fn send(&self, text: Arc<str>) -> bool {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&text).unwrap());
+            true
+        }
+        fn close(&self, code: u16, _reason: &str) {
+            self.closed.lock().unwrap().get_or_insert(code);
+        }
+    }
+
+    #[test]
+    fn set_bans_kicks_covered_live_peers_and_records_them() {
+        let app = app(SignalConfig::default());
+        let mut events = app.take_session_events().expect("first take");
+        assert!(app.take_session_events().is_none(), "taken once");
+        let join = |ip: &str| {
+            let p = Arc::new(Probe::default());
+            app.hub.reserve("r").unwrap();
+            let j = app
+                .hub
+                .join("r", json!({}), ip.parse().unwrap(), p.clone(), (&json!([]), 60));
+            (j, p)
+        };
+        let (bad, pbad) = join("10.1.2.3");
+        let (_good, pgood) = join("10.9.9.9");
+        pgood.sent.lock().unwrap().clear();
+        app.set_bans(vec!["10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(*pbad.closed.lock().unwrap(), Some(4003));
+        assert_eq!(*pgood.closed.lock().unwrap(), None);
+        let got = std::mem::take(&mut *pgood.sent.lock().unwrap());
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0]["type"].as_str(), got[0]["reason"].as_str()),
+            (Some("peer-left"), Some("kicked"))
+        );
+        assert_eq!(got[0]["peer_id"], bad.peer_id.as_str());
+        let rec = events.try_recv().unwrap();
+        assert_eq!(
+            (rec.peer_id.as_str(), rec.reason),
+            (bad.peer_id.as_str(), "kicked")
+        );
+        assert_eq!(app.hub.counts(), (1, 1));
+        assert_eq!(app.metrics.peers.load(Ordering::Relaxed), 1);
+    }
+
+    /// A ban stored between a request's admission and its join: the join sees it and the
+    /// connection is closed with 4003 right after its welcome.
+    #[tokio::test]
+    async fn a_ban_racing_an_upgrade_still_closes_the_connection() {
+        let app = app(SignalConfig::default());
+        let mut events = app.take_session_events().unwrap();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let admission = admit(
+            &app,
+            &HeaderMap::new(),
+            &[("room".to_string(), "r".to_string())].into(),
+            ip,
+            true,
+        )
+        .unwrap_or_else(|_| panic!("admitted"));
+        app.hub.reserve("r").unwrap();
+        app.set_bans(vec![Cidr::new(ip, 32).unwrap()]);
+        let (_to_server, stream) = fmpsc::unbounded::<Result<axum::extract::ws::Message, String>>();
+        let (sink, mut from_server) = fmpsc::unbounded::<axum::extract::ws::Message>();
+        run_connection(Arc::clone(&app), admission, ip, sink, stream).await;
+        let mut frames = Vec::new();
+        while let Some(m) = from_server.next().await {
+            frames.push(m);
+        }
+        assert!(
+            matches!(
+                frames.last(),
+                Some(axum::extract::ws::Message::Close(Some(f))) if f.code == 4003
+            ),
+            "{frames:?}"
+        );
+        assert_eq!(app.hub.counts(), (0, 0));
+        assert_eq!(events.try_recv().unwrap().reason, "kicked");
+        assert!(events.try_recv().is_err(), "one record");
+    }
+
+    #[tokio::test]
+    async fn store_api_keys_are_matched_by_digest() {
+        let app = app(SignalConfig {
+            ice_auth: AuthMode::ApiKey,
+            api_keys: vec![ApiKey {
+                name: "from-config".into(),
+                key: Secret::new("config-key"),
+            }],
+            ..SignalConfig::default()
+        });
+        let addr = serve(Arc::clone(&app)).await;
+        let digest: [u8; 32] = Sha256::digest(b"store-key").into();
+        app.set_api_keys([(digest, "from-store".to_string())].into());
+        let (status, body) = get(addr, "/v1/ice-servers", "X-Api-Key: store-key\r\n").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(":from-store\""),
+            "the key's name is the user id: {body}"
+        );
+        let (status, body) = get(addr, "/v1/ice-servers?key=config-key", "").await;
+        assert_eq!(status, 200);
+        assert!(body.contains(":from-config\""), "{body}");
+        let (status, body) = get(addr, "/v1/ice-servers", "X-Api-Key: other\r\n").await;
+        assert_eq!((status, code(&body).as_str()), (401, "unauthorized"));
+        // Revoked in the store: refused at once.
+        app.set_api_keys(HashMap::new());
+        let (status, _) = get(addr, "/v1/ice-servers", "X-Api-Key: store-key\r\n").await;
+        assert_eq!(status, 401);
     }
 }

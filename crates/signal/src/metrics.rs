@@ -52,6 +52,8 @@ pub struct SignalMetrics {
     pub resumes: AtomicU64,
     pub queue_drops: AtomicU64,
     pub ice_requests: AtomicU64,
+    /// Session records lost because the history channel was full or closed.
+    pub session_events_dropped: AtomicU64,
     messages: [AtomicU64; MESSAGE_TYPES.len()],
     rejects: [AtomicU64; REJECT_REASONS.len()],
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -149,6 +151,11 @@ impl SignalMetrics {
                 "signal_ice_requests_total",
                 "ICE server lists handed out over HTTP.",
                 &self.ice_requests,
+            ),
+            (
+                "signal_session_events_dropped_total",
+                "Finished-session records dropped because the history channel was full or closed.",
+                &self.session_events_dropped,
             ),
         ] {
             let _ = writeln!(

@@ -85,6 +85,26 @@ pub const MIGRATIONS: &[&str] = &[
          action TEXT NOT NULL,
          detail TEXT NOT NULL DEFAULT ''
      );",
+    // 2: signaling session history, the admin token, history lookups by user.
+    "CREATE TABLE session_history (
+         id INTEGER PRIMARY KEY,
+         room TEXT NOT NULL,
+         peer_id TEXT NOT NULL,
+         client TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         ended_at INTEGER NOT NULL,
+         close_reason TEXT NOT NULL,
+         messages_in INTEGER NOT NULL DEFAULT 0,
+         messages_out INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX session_history_started ON session_history (started_at);
+     CREATE INDEX allocation_history_user ON allocation_history (username, started_at);
+     -- One row: the SHA-256 of the admin API's bearer token.
+     CREATE TABLE admin_token (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         token_sha256 BLOB NOT NULL CHECK (length(token_sha256) = 32),
+         created_at INTEGER NOT NULL
+     );",
 ];
 
 /// A TURN REST shared secret as stored.
@@ -149,6 +169,60 @@ pub struct AllocationRecord {
     pub bytes_to_client: i64,
 }
 
+/// Which history rows to return: started in `[from, to)`, optionally filtered, paged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub from: i64,
+    pub to: i64,
+    /// Allocations: the username; sessions: the room.
+    pub filter: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self {
+            from: 0,
+            to: i64::MAX,
+            filter: None,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// A finished signaling session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub room: String,
+    pub peer_id: String,
+    pub client: String,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub close_reason: String,
+    pub messages_in: i64,
+    pub messages_out: i64,
+}
+
+/// A stored secret without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub id: i64,
+    pub created_at: i64,
+    pub valid_until: Option<i64>,
+    pub active: bool,
+}
+
+/// Row counts shown by the status endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreCounts {
+    pub active_secrets: i64,
+    pub users: i64,
+    pub api_keys: i64,
+    pub active_bans: i64,
+}
+
 /// An entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -157,6 +231,23 @@ pub struct AuditEntry {
     pub actor: String,
     pub action: String,
     pub detail: String,
+}
+
+/// How the store has fared, shared by its users and shown in `/metrics`: a failing
+/// database is counted and logged, never waited on by the relay.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Writes or reads that failed (full disk, locked database, corruption).
+    pub errors: std::sync::atomic::AtomicU64,
+    /// History rows (allocations and sessions) lost to failed writes.
+    pub history_lost: std::sync::atomic::AtomicU64,
+}
+
+impl Health {
+    /// Counts a failed operation.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// An open store.
@@ -223,6 +314,15 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `change` (a write and its audit entry) in one transaction: both land or
+    /// neither does, so an acknowledged change is never missing from the audit log.
+    fn changing<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let value = change()?;
+        tx.commit()?;
+        Ok(value)
+    }
+
     fn audit(&self, now: i64, actor: &str, action: &str, detail: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -278,34 +378,38 @@ impl Store {
 
     /// Adds a static TURN user; only the long-term key is kept.
     pub fn add_user(&self, name: &str, realm: &str, password: &str, now: i64, actor: &str) -> Result<()> {
-        if name.is_empty() || name.len() > 255 || callbox_core::RestUsername::parse(name).is_some() {
-            return Err(StoreError::Invalid("user name"));
-        }
-        let key = callbox_core::credentials::long_term_key(name, realm, password);
-        match self.conn.execute(
-            "INSERT INTO turn_users (name, realm, long_term_key, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, realm, key.to_vec(), now],
-        ) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(StoreError::Exists("user"));
+        self.changing(|| {
+            if name.is_empty() || name.len() > 255 || callbox_core::RestUsername::parse(name).is_some() {
+                return Err(StoreError::Invalid("user name"));
             }
-            Err(e) => return Err(e.into()),
-        }
-        self.audit(now, actor, "user.add", name)
+            let key = callbox_core::credentials::long_term_key(name, realm, password);
+            match self.conn.execute(
+                "INSERT INTO turn_users (name, realm, long_term_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, realm, key.to_vec(), now],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::Exists("user"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.audit(now, actor, "user.add", name)
+        })
     }
 
     pub fn remove_user(&self, name: &str, now: i64, actor: &str) -> Result<()> {
-        if self
-            .conn
-            .execute("DELETE FROM turn_users WHERE name = ?1", [name])?
-            == 0
-        {
-            return Err(StoreError::NotFound("user"));
-        }
-        self.audit(now, actor, "user.remove", name)
+        self.changing(|| {
+            if self
+                .conn
+                .execute("DELETE FROM turn_users WHERE name = ?1", [name])?
+                == 0
+            {
+                return Err(StoreError::NotFound("user"));
+            }
+            self.audit(now, actor, "user.remove", name)
+        })
     }
 
     /// Static users for a realm: (name, long-term key).
@@ -324,27 +428,29 @@ impl Store {
 
     /// Stores an API key (its SHA-256 only) under `name`.
     pub fn add_api_key(&self, name: &str, key: &str, now: i64, actor: &str) -> Result<i64> {
-        if !callbox_core::credentials::valid_user_id(name) {
-            return Err(StoreError::Invalid("API key name"));
-        }
-        if key.len() < 16 {
-            return Err(StoreError::Invalid("API key (at least 16 characters)"));
-        }
-        match self.conn.execute(
-            "INSERT INTO api_keys (name, key_sha256, created_at) VALUES (?1, ?2, ?3)",
-            params![name, sha256(key.as_bytes()), now],
-        ) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(StoreError::Exists("API key"));
+        self.changing(|| {
+            if !callbox_core::credentials::valid_user_id(name) {
+                return Err(StoreError::Invalid("API key name"));
             }
-            Err(e) => return Err(e.into()),
-        }
-        let id = self.conn.last_insert_rowid();
-        self.audit(now, actor, "api_key.add", name)?;
-        Ok(id)
+            if key.len() < 16 {
+                return Err(StoreError::Invalid("API key (at least 16 characters)"));
+            }
+            match self.conn.execute(
+                "INSERT INTO api_keys (name, key_sha256, created_at) VALUES (?1, ?2, ?3)",
+                params![name, sha256(key.as_bytes()), now],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::Exists("API key"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let id = self.conn.last_insert_rowid();
+            self.audit(now, actor, "api_key.add", name)?;
+            Ok(id)
+        })
     }
 
     /// The name of the API key `key`, if it is one. The digest is looked up by index; a
@@ -361,14 +467,16 @@ impl Store {
     }
 
     pub fn remove_api_key(&self, name: &str, now: i64, actor: &str) -> Result<()> {
-        if self
-            .conn
-            .execute("DELETE FROM api_keys WHERE name = ?1", [name])?
-            == 0
-        {
-            return Err(StoreError::NotFound("API key"));
-        }
-        self.audit(now, actor, "api_key.remove", name)
+        self.changing(|| {
+            if self
+                .conn
+                .execute("DELETE FROM api_keys WHERE name = ?1", [name])?
+                == 0
+            {
+                return Err(StoreError::NotFound("API key"));
+            }
+            self.audit(now, actor, "api_key.remove", name)
+        })
     }
 
     /// Bans an address or network, optionally until `expires_at`.
@@ -380,23 +488,27 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<i64> {
-        if reason.len() > 1024 {
-            return Err(StoreError::Invalid("reason (at most 1024 bytes)"));
-        }
-        self.conn.execute(
-            "INSERT INTO bans (network, reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![network.to_string(), reason, now, expires_at],
-        )?;
-        let id = self.conn.last_insert_rowid();
-        self.audit(now, actor, "ban.add", &format!("{network} {reason}"))?;
-        Ok(id)
+        self.changing(|| {
+            if reason.len() > 1024 {
+                return Err(StoreError::Invalid("reason (at most 1024 bytes)"));
+            }
+            self.conn.execute(
+                "INSERT INTO bans (network, reason, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![network.to_string(), reason, now, expires_at],
+            )?;
+            let id = self.conn.last_insert_rowid();
+            self.audit(now, actor, "ban.add", &format!("{network} {reason}"))?;
+            Ok(id)
+        })
     }
 
     pub fn remove_ban(&self, id: i64, now: i64, actor: &str) -> Result<()> {
-        if self.conn.execute("DELETE FROM bans WHERE id = ?1", [id])? == 0 {
-            return Err(StoreError::NotFound("ban"));
-        }
-        self.audit(now, actor, "ban.remove", &id.to_string())
+        self.changing(|| {
+            if self.conn.execute("DELETE FROM bans WHERE id = ?1", [id])? == 0 {
+                return Err(StoreError::NotFound("ban"));
+            }
+            self.audit(now, actor, "ban.remove", &id.to_string())
+        })
     }
 
     /// Bans in force at `now`.
@@ -428,10 +540,15 @@ impl Store {
 
     /// The audit log, newest first.
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
-        let rows = st.query_map([limit], |r| {
+        self.audit_page(limit, 0)
+    }
+
+    /// A page of the audit log, newest first.
+    pub fn audit_page(&self, limit: u32, offset: u64) -> Result<Vec<AuditEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1 OFFSET ?2",
+        )?;
+        let rows = st.query_map(params![limit, offset as i64], |r| {
             Ok(AuditEntry {
                 id: r.get(0)?,
                 at: r.get(1)?,
@@ -485,13 +602,24 @@ impl Store {
 
     /// Allocation history started in `[from, to)`, newest first, at most `limit` rows.
     pub fn allocation_history(&self, from: i64, to: i64, limit: u32) -> Result<Vec<AllocationRecord>> {
+        self.allocation_history_page(&HistoryQuery {
+            from,
+            to,
+            limit,
+            ..HistoryQuery::default()
+        })
+    }
+
+    /// A page of allocation history, newest first; `q.filter` matches the username.
+    pub fn allocation_history_page(&self, q: &HistoryQuery) -> Result<Vec<AllocationRecord>> {
         let mut st = self.conn.prepare(
             "SELECT alloc_id, username, client, relay, started_at, ended_at, close_reason,
                     packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client
              FROM allocation_history WHERE started_at >= ?1 AND started_at < ?2
-             ORDER BY started_at DESC, id DESC LIMIT ?3",
+                 AND (?3 IS NULL OR username = ?3)
+             ORDER BY started_at DESC, id DESC LIMIT ?4 OFFSET ?5",
         )?;
-        let rows = st.query_map(params![from, to, limit], |r| {
+        let rows = st.query_map(params![q.from, q.to, q.filter, q.limit, q.offset as i64], |r| {
             Ok(AllocationRecord {
                 alloc_id: r.get(0)?,
                 username: r.get(1)?,
@@ -509,11 +637,171 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Deletes history that started before `before` (retention).
+    /// Deletes allocation and session history that started before `before` (retention).
     pub fn prune_history(&self, before: i64) -> Result<usize> {
         Ok(self
             .conn
-            .execute("DELETE FROM allocation_history WHERE started_at < ?1", [before])?)
+            .execute("DELETE FROM allocation_history WHERE started_at < ?1", [before])?
+            + self
+                .conn
+                .execute("DELETE FROM session_history WHERE started_at < ?1", [before])?)
+    }
+
+    /// Writes finished signaling sessions in one transaction.
+    pub fn record_sessions(&mut self, sessions: &[SessionRecord]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare(
+                "INSERT INTO session_history (room, peer_id, client, started_at, ended_at, close_reason,
+                     messages_in, messages_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for r in sessions {
+                st.execute(params![
+                    r.room,
+                    r.peer_id,
+                    r.client,
+                    r.started_at,
+                    r.ended_at,
+                    r.close_reason,
+                    r.messages_in,
+                    r.messages_out
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A page of signaling session history, newest first; `q.filter` matches the room.
+    pub fn session_history_page(&self, q: &HistoryQuery) -> Result<Vec<SessionRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT room, peer_id, client, started_at, ended_at, close_reason, messages_in, messages_out
+             FROM session_history WHERE started_at >= ?1 AND started_at < ?2
+                 AND (?3 IS NULL OR room = ?3)
+             ORDER BY started_at DESC, id DESC LIMIT ?4 OFFSET ?5",
+        )?;
+        let rows = st.query_map(params![q.from, q.to, q.filter, q.limit, q.offset as i64], |r| {
+            Ok(SessionRecord {
+                room: r.get(0)?,
+                peer_id: r.get(1)?,
+                client: r.get(2)?,
+                started_at: r.get(3)?,
+                ended_at: r.get(4)?,
+                close_reason: r.get(5)?,
+                messages_in: r.get(6)?,
+                messages_out: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every secret ever stored, newest first, with whether it verifies at `now`.
+    pub fn secrets_overview(&self, now: i64) -> Result<Vec<SecretInfo>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, created_at, valid_until FROM turn_secrets ORDER BY created_at DESC, id DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            let valid_until: Option<i64> = r.get(2)?;
+            Ok(SecretInfo {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                valid_until,
+                active: valid_until.is_none_or(|v| v > now),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Static users of every realm: (name, realm, created_at).
+    pub fn user_list(&self) -> Result<Vec<(String, String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, realm, created_at FROM turn_users ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// API keys: (id, name, created_at); the keys themselves are not kept.
+    pub fn api_key_list(&self) -> Result<Vec<(i64, String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, created_at FROM api_keys ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every API key digest with its name (what `/v1/ice-servers` checks against).
+    pub fn api_key_digests(&self) -> Result<Vec<([u8; 32], String)>> {
+        let mut st = self.conn.prepare("SELECT key_sha256, name FROM api_keys")?;
+        let rows = st.query_map([], |r| {
+            let d: Vec<u8> = r.get(0)?;
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&d);
+            Ok((k, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Replaces the admin token's digest.
+    pub fn set_admin_token(&self, token_sha256: [u8; 32], now: i64, actor: &str) -> Result<()> {
+        self.changing(|| {
+            self.conn.execute(
+                "INSERT INTO admin_token (id, token_sha256, created_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
+                params![token_sha256.to_vec(), now],
+            )?;
+            self.audit(now, actor, "admin_token.rotate", "")
+        })
+    }
+
+    /// The admin token's digest, if one was set.
+    pub fn admin_token(&self) -> Result<Option<[u8; 32]>> {
+        let d: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT token_sha256 FROM admin_token WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(d.map(|d| {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&d);
+            k
+        }))
+    }
+
+    /// Row counts for the status endpoint.
+    pub fn counts(&self, now: i64) -> Result<StoreCounts> {
+        let one = |sql: &str| -> Result<i64> { Ok(self.conn.query_row(sql, [now], |r| r.get(0))?) };
+        Ok(StoreCounts {
+            active_secrets: one(
+                "SELECT COUNT(*) FROM turn_secrets WHERE valid_until IS NULL OR valid_until > ?1",
+            )?,
+            users: one("SELECT COUNT(*) + 0 * ?1 FROM turn_users")?,
+            api_keys: one("SELECT COUNT(*) + 0 * ?1 FROM api_keys")?,
+            active_bans: one("SELECT COUNT(*) FROM bans WHERE expires_at IS NULL OR expires_at > ?1")?,
+        })
+    }
+
+    /// Creates a database at `path` with only the first `version` migrations: how a
+    /// database made by an earlier release looks (for migration tests).
+    #[doc(hidden)]
+    pub fn create_at_version(path: &Path, version: usize) -> Result<()> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL DEFAULT (unixepoch()))",
+        )?;
+        for (i, sql) in MIGRATIONS.iter().take(version).enumerate() {
+            conn.execute_batch(sql)?;
+            conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` on the raw connection (tests and tools that fill old schemas).
+    #[doc(hidden)]
+    pub fn execute_raw(path: &Path, sql: &str) -> Result<()> {
+        Connection::open(path)?.execute_batch(sql)?;
+        Ok(())
     }
 
     /// An online backup to `dest`, safe while others write (SQLite's backup API copies a

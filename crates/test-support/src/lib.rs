@@ -4,8 +4,8 @@
 pub mod turn_client;
 pub mod ws;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -24,6 +24,8 @@ pub struct CallboxProcess {
     pub http: Option<SocketAddr>,
     /// Its signal role's HTTP/WebSocket listener.
     pub signal: Option<SocketAddr>,
+    /// Its admin role's listener.
+    pub admin: Option<SocketAddr>,
     pub state_dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
 }
@@ -49,6 +51,7 @@ impl CallboxProcess {
             .args(args)
             .env("CALLBOX_LOG", "info")
             .env("CALLBOX_SIGNAL__LISTEN", "\"127.0.0.1:0\"")
+            .env("CALLBOX_ADMIN__LISTEN", "\"127.0.0.1:0\"")
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -95,11 +98,13 @@ impl CallboxProcess {
             .unwrap_or_default();
         let http = field("http").and_then(|v| v.parse().ok());
         let signal = field("signal").and_then(|v| v.parse().ok());
+        let admin = field("admin").and_then(|v| v.parse().ok());
         CallboxProcess {
             child,
             udp,
             http,
             signal,
+            admin,
             state_dir,
             log,
         }
@@ -132,6 +137,31 @@ impl CallboxProcess {
             .expect("turn-secret")
             .trim()
             .to_string()
+    }
+
+    /// The admin token the process wrote to its state directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("admin-token"))
+            .expect("admin-token")
+            .trim()
+            .to_string()
+    }
+
+    /// A request to the admin API with the process's token; `body` is sent as JSON.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> HttpResponse {
+        let token = format!("Bearer {}", self.admin_token());
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut headers = vec![("Authorization", token.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        http_request(
+            self.admin.expect("admin listener"),
+            method,
+            path,
+            &headers,
+            text.as_bytes(),
+        )
     }
 
     pub fn udp_v4(&self) -> SocketAddr {
@@ -187,22 +217,8 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A minimal HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    (status, body)
+    let r = http_request(addr, "GET", path, &[], b"");
+    (r.status, r.body)
 }
 
 /// An HTTP/1.1 response as tests see it.
@@ -235,7 +251,7 @@ impl HttpResponse {
     }
 }
 
-/// A minimal HTTP/1.1 request with `Connection: close`.
+/// A minimal HTTP/1.1 request with `Connection: close` (callbox-admin's client).
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -243,55 +259,12 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<Vec<_>>();
-    // Chunked bodies (axum streams some responses) are de-chunked here.
-    let body = if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_string()
-    };
+    let r = callbox_admin::client::request(addr, method, path, headers, body, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     HttpResponse {
-        status,
-        headers,
-        body,
+        status: r.status,
+        headers: r.headers,
+        body: String::from_utf8_lossy(&r.body).into_owned(),
     }
 }
 

@@ -8,4 +8,4 @@ pub mod nonce;
 pub mod server;
 pub mod stun;
 
-pub use server::{AllocId, ClientAction, Command, Event, PeerAction, Server, ServerConfig};
+pub use server::{AllocId, AllocationInfo, ClientAction, Command, Event, PeerAction, Server, ServerConfig};

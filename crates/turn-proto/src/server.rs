@@ -12,6 +12,12 @@
 //!
 //! Architecture invariant: nothing is stored for a request that has not passed
 //! MESSAGE-INTEGRITY; unauthenticated input only ever gets a reply.
+//!
+//! Admin hooks: [`Credentials::banned`] refuses Allocates from client networks (403, before
+//! authentication), [`Server::kick_clients`], [`Server::kick_user`] and [`Server::kick`]
+//! close live allocations, and [`Server::allocations`] lists them. None of them touches
+//! the packet path: a banned client's existing allocations are closed by a kick, not by a
+//! check per packet.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callbox_core::credentials::{LongTermKey, RestUsername, SecretSet};
-use callbox_core::policy::{Denial, PeerPolicy};
+use callbox_core::policy::{Cidr, Denial, PeerPolicy};
 
 use crate::nonce::{NonceCheck, NonceMaker};
 use crate::stun::{self, Class, Message, MessageBuilder, TransactionId, attr, method, parse_channel_data};
@@ -41,8 +47,18 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const UDP: u8 = 17;
 
 /// An allocation's identity, unique across the shards of one process.
+///
+/// The high 16 bits are the shard that made it ([`ServerConfig::shard`]), which the driver
+/// uses to find the worker that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocId(pub u64);
+
+impl AllocId {
+    /// The shard (worker index) that made and owns this allocation.
+    pub fn shard(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+}
 
 /// The address family of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +114,19 @@ impl Default for ServerConfig {
     }
 }
 
-/// Who may authenticate: REST secrets and static users. Swapped whole when it changes.
+/// Who may authenticate: REST secrets and static users, and which client networks may not
+/// allocate at all. Swapped whole when it changes.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     pub secrets: Option<SecretSet>,
     /// Static users by name, with their long-term key for this realm.
     pub static_users: HashMap<String, LongTermKey>,
+    /// Client networks whose Allocates are answered 403 Forbidden, before authentication
+    /// (so a banned client costs no HMAC). Matched with [`Cidr::contains`], which judges an
+    /// IPv4-mapped client address as its IPv4 address. Scanned once per Allocate, never
+    /// per packet: live allocations of a newly banned network are closed with
+    /// [`Server::kick_clients`].
+    pub banned: Vec<Cidr>,
 }
 
 /// Allocation counts shared by every shard.
@@ -165,6 +188,26 @@ impl Quotas {
         }
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A live allocation as the operator sees it ([`Server::allocations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationInfo {
+    pub id: AllocId,
+    /// The USERNAME it authenticated with.
+    pub username: String,
+    /// The quota key: the REST user id part, or the static user's name.
+    pub user: String,
+    pub client: SocketAddr,
+    /// The advertised relay address.
+    pub relay: SocketAddr,
+    pub age: Duration,
+    pub expires_in: Duration,
+    /// Peer addresses with an unexpired permission.
+    pub permissions: Vec<IpAddr>,
+    /// Unexpired channel bindings: number and peer.
+    pub channels: Vec<(u16, SocketAddr)>,
+    pub traffic: Traffic,
 }
 
 /// Traffic counters of one allocation.
@@ -307,6 +350,8 @@ pub struct Stats {
     pub allocations_created: u64,
     pub dropped_packets: u64,
     pub bandwidth_drops: u64,
+    /// Allocates refused because the client address is in [`Credentials::banned`].
+    pub allocate_banned: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -937,6 +982,13 @@ impl Server {
                 return Err(());
             }
         }
+        // Before authentication: a banned client costs a scan of the ban list, no HMAC.
+        let ip = from.ip();
+        if self.creds.banned.iter().any(|net| net.contains(ip)) {
+            self.stats.allocate_banned += 1;
+            self.error(reply, msg, 403, "Forbidden: client address banned", None);
+            return Ok(());
+        }
         let auth = self.authenticate(from, msg, now, unix_now, true, reply)?;
         let key = auth.key;
         if self.by_client.contains_key(&from) {
@@ -1436,6 +1488,52 @@ impl Server {
             self.close(*id, CloseReason::Kicked);
         }
         ids.len()
+    }
+
+    /// Closes every allocation whose client IP matches `pred` (a ban of a network), with
+    /// reason [`CloseReason::Kicked`]. `pred` sees the address as the client sent from it;
+    /// [`Cidr::contains`] judges IPv4-mapped forms as IPv4. Returns how many were closed.
+    pub fn kick_clients(&mut self, pred: impl Fn(IpAddr) -> bool) -> usize {
+        let ids: Vec<AllocId> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| pred(a.client.ip()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.close(*id, CloseReason::Kicked);
+        }
+        ids.len()
+    }
+
+    /// The allocations live at `now` (those past their expiry but not yet swept are left
+    /// out), with their unexpired permissions and channels. In no particular order.
+    pub fn allocations(&self, now: Instant) -> impl Iterator<Item = AllocationInfo> {
+        self.allocations
+            .iter()
+            .filter(move |(_, a)| a.expires > now)
+            .map(move |(id, a)| AllocationInfo {
+                id: *id,
+                username: a.username.clone(),
+                user: a.user.clone(),
+                client: a.client,
+                relay: a.relay,
+                age: now.saturating_duration_since(a.created),
+                expires_in: a.expires.saturating_duration_since(now),
+                permissions: a
+                    .permissions
+                    .iter()
+                    .filter(|(_, exp)| *exp > now)
+                    .map(|(ip, _)| *ip)
+                    .collect(),
+                channels: a
+                    .channels
+                    .iter()
+                    .filter(|c| c.expires > now)
+                    .map(|c| (c.number, c.peer))
+                    .collect(),
+                traffic: a.traffic,
+            })
     }
 
     /// Closes every allocation (process shutdown), emitting their Closed events.

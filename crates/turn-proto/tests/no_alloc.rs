@@ -66,6 +66,7 @@ fn relaying_allocates_nothing() {
     let creds = Credentials {
         secrets: Some(SecretSet::new(vec![secret.clone()]).unwrap()),
         static_users: HashMap::new(),
+        banned: Vec::new(),
     };
     let policy = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], vec![]);
     let cfg = ServerConfig {

@@ -8,7 +8,9 @@
 //!
 //! Architecture invariant: the data path depends only on `callbox-core` and `turn-proto`.
 //! The rest of the appliance reaches it through [`TurnControl`] (credentials, policy,
-//! kicks) and the event channel (allocation history), neither of which can block it.
+//! bans, kicks, the live allocation list) and the event channel (allocation history),
+//! neither of which can block it: control messages are read between batches and answered
+//! on oneshot channels.
 
 pub mod batch;
 pub mod metrics;
@@ -19,15 +21,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use callbox_core::PeerPolicy;
+use callbox_core::{Cidr, PeerPolicy};
+use tokio::sync::oneshot;
 use turn_proto::server::{Credentials, Quotas, ServerConfig};
-use turn_proto::{AllocId, Event, Server};
+use turn_proto::{AllocId, AllocationInfo, Event, Server};
 
 pub use metrics::Metrics;
 pub use worker::Control;
@@ -158,6 +162,10 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// How long the awaitable [`TurnControl`] calls wait for the workers, all together; a
+/// worker that has not answered by then (or is not running) is left out of the answer.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The running relay's control surface for the other roles.
 #[derive(Debug, Clone)]
 pub struct TurnControl {
@@ -167,26 +175,102 @@ pub struct TurnControl {
 }
 
 impl TurnControl {
-    /// Installs new credentials; workers pick them up within their next loop turn.
+    /// Installs new credentials (secrets, static users, bans) and wakes the workers, which
+    /// pick them up at once. Every control sent after this call is handled with them in
+    /// force: for a ban, call this with the network in [`Credentials::banned`], then
+    /// [`TurnControl::kick_clients`].
     pub fn set_credentials(&self, c: Credentials) {
         self.credentials.store(Arc::new(c));
+        self.wake_all();
     }
 
+    /// Installs a new peer policy (checked again on every packet to a peer).
     pub fn set_policy(&self, p: PeerPolicy) {
         self.policy.store(Arc::new(p));
+        self.wake_all();
     }
 
-    /// Closes every allocation of a user id (a ban or a removed user).
+    fn wake_all(&self) {
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+    }
+
+    /// Closes every allocation of a user id (a ban or a removed user). Fire and forget;
+    /// [`TurnControl::close_user`] answers.
     pub fn kick_user(&self, user: &str) {
         for w in &self.workers {
             w.send(Control::KickUser(user.to_string()));
         }
     }
 
+    /// Closes every allocation of a user id and returns how many were closed (summed over
+    /// the workers that answered within [`CONTROL_TIMEOUT`]).
+    pub async fn close_user(&self, user: &str) -> usize {
+        let answers = self.ask_all(|tx| Control::CloseUser(user.to_string(), tx)).await;
+        answers.into_iter().sum()
+    }
+
+    /// Closes one allocation. Fire and forget; [`TurnControl::close_allocation`] answers.
     pub fn kick(&self, id: AllocId) {
-        for w in &self.workers {
+        if let Some(w) = self.owner(id) {
             w.send(Control::Kick(id));
         }
+    }
+
+    /// Closes one allocation (asking only the worker that owns it) and returns whether it
+    /// existed. False too when that worker does not answer within [`CONTROL_TIMEOUT`].
+    pub async fn close_allocation(&self, id: AllocId) -> bool {
+        let Some(w) = self.owner(id) else {
+            return false;
+        };
+        let (tx, rx) = oneshot::channel();
+        w.send(Control::Close(id, tx));
+        matches!(tokio::time::timeout(CONTROL_TIMEOUT, rx).await, Ok(Ok(true)))
+    }
+
+    /// Closes every live allocation whose client address is in one of `nets` (a ban of a
+    /// network; new Allocates from it are refused through [`Credentials::banned`]). Fire
+    /// and forget; the Closed events (reason kicked) tell what was closed.
+    pub fn kick_clients(&self, nets: Vec<Cidr>) {
+        for w in &self.workers {
+            w.send(Control::KickClients(nets.clone()));
+        }
+    }
+
+    /// The live allocations of every worker, sorted by id. A worker that does not answer
+    /// within [`CONTROL_TIMEOUT`] is left out. Must be called from a tokio runtime.
+    pub async fn allocations(&self) -> Vec<AllocationInfo> {
+        let mut all: Vec<AllocationInfo> = self.ask_all(Control::List).await.into_iter().flatten().collect();
+        all.sort_by_key(|a| a.id);
+        all
+    }
+
+    /// The worker owning an allocation: ids carry their shard, which is the worker index.
+    fn owner(&self, id: AllocId) -> Option<&WorkerHandle> {
+        self.workers.get(usize::from(id.shard()))
+    }
+
+    /// Sends one question to every worker and collects the answers that arrive before one
+    /// shared deadline.
+    async fn ask_all<T>(&self, question: impl Fn(oneshot::Sender<T>) -> Control) -> Vec<T> {
+        let deadline = tokio::time::Instant::now() + CONTROL_TIMEOUT;
+        let pending: Vec<oneshot::Receiver<T>> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (tx, rx) = oneshot::channel();
+                w.send(question(tx));
+                rx
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(pending.len());
+        for rx in pending {
+            if let Ok(Ok(v)) = tokio::time::timeout_at(deadline, rx).await {
+                answers.push(v);
+            }
+        }
+        answers
     }
 }
 

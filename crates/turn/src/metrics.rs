@@ -24,6 +24,7 @@ pub struct WorkerSlot {
     allocations: AtomicU64,
     dropped_packets: AtomicU64,
     bandwidth_drops: AtomicU64,
+    allocate_banned: AtomicU64,
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
 }
@@ -46,6 +47,7 @@ impl WorkerSlot {
         self.allocations.store(allocations as u64, Relaxed);
         self.dropped_packets.store(s.dropped_packets, Relaxed);
         self.bandwidth_drops.store(s.bandwidth_drops, Relaxed);
+        self.allocate_banned.store(s.allocate_banned, Relaxed);
         self.send_drops.store(send_drops, Relaxed);
         self.relay_bind_failures.store(relay_bind_failures, Relaxed);
     }
@@ -159,6 +161,12 @@ impl Metrics {
                 ("{quota=\"user\"}", self.sum(|w| &w.quota_user)),
                 ("{quota=\"total\"}", self.sum(|w| &w.quota_total)),
             ],
+        );
+        metric(
+            "turn_banned_total",
+            "counter",
+            "Allocate requests refused (403) because the client address is banned.",
+            &[("", self.sum(|w| &w.allocate_banned))],
         );
         metric(
             "turn_dropped_packets_total",

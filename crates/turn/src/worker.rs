@@ -14,13 +14,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use callbox_core::PeerPolicy;
+use callbox_core::{Cidr, PeerPolicy};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng as _;
 use slab::Slab;
+use tokio::sync::oneshot;
 use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM};
-use turn_proto::{AllocId, ClientAction, Command, PeerAction, Server};
+use turn_proto::{AllocId, AllocationInfo, ClientAction, Command, PeerAction, Server};
 
 use crate::batch::{BATCH, RecvBatch, SendBatch};
 use crate::metrics::WorkerSlot;
@@ -33,13 +34,22 @@ const MAX_BATCHES_PER_TURN: usize = 4;
 /// Longest the loop sleeps, so shutdown and credential changes are seen promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 
-/// Orders for a worker from outside its thread.
+/// Orders for a worker from outside its thread, handled between batches. Answers go back
+/// on tokio oneshot channels (sending on one never waits); a dropped receiver is ignored.
 #[derive(Debug)]
 pub enum Control {
     /// Close every allocation of this user id.
     KickUser(String),
     /// Close one allocation.
     Kick(AllocId),
+    /// Close every allocation whose client address is in one of these networks.
+    KickClients(Vec<Cidr>),
+    /// Answer with this worker's live allocations.
+    List(oneshot::Sender<Vec<AllocationInfo>>),
+    /// Close one allocation; answer whether it existed.
+    Close(AllocId, oneshot::Sender<bool>),
+    /// Close every allocation of this user id; answer how many there were.
+    CloseUser(String, oneshot::Sender<usize>),
 }
 
 /// The other threads' handle on a worker.
@@ -209,6 +219,13 @@ impl Worker {
         let now = Instant::now();
         self.server.handle_timeout(now);
         self.run_commands(0, now);
+        self.load_snapshots();
+        self.forward_events();
+        self.publish();
+    }
+
+    /// Installs the credentials and policy snapshots if they changed since last time.
+    fn load_snapshots(&mut self) {
         let creds = self.credentials.load();
         if Arc::as_ptr(&creds) != self.credentials_seen {
             self.credentials_seen = Arc::as_ptr(&creds);
@@ -219,8 +236,6 @@ impl Worker {
             self.policy_seen = Arc::as_ptr(&policy);
             self.server.set_policy(Arc::clone(&policy));
         }
-        self.forward_events();
-        self.publish();
     }
 
     fn slot(&self) -> &WorkerSlot {
@@ -250,13 +265,32 @@ impl Worker {
     }
 
     fn controls(&mut self) {
+        // A wake from `set_credentials` or `set_policy` alone: install them now.
+        self.load_snapshots();
         while let Ok(c) = self.control.try_recv() {
+            // Credentials stored before a control was sent are in force when it is handled
+            // (the channel orders the store before the receive): after `set_credentials`
+            // with a ban then `kick_clients`, no Allocate from the banned network is
+            // accepted after the kick.
+            self.load_snapshots();
             match c {
                 Control::KickUser(user) => {
                     self.server.kick_user(&user);
                 }
                 Control::Kick(id) => {
                     self.server.kick(id);
+                }
+                Control::KickClients(nets) => {
+                    self.server.kick_clients(|ip| nets.iter().any(|n| n.contains(ip)));
+                }
+                Control::List(answer) => {
+                    let _ = answer.send(self.server.allocations(Instant::now()).collect());
+                }
+                Control::Close(id, answer) => {
+                    let _ = answer.send(self.server.kick(id));
+                }
+                Control::CloseUser(user, answer) => {
+                    let _ = answer.send(self.server.kick_user(&user));
                 }
             }
         }

@@ -36,6 +36,7 @@ impl Harness {
         let creds = Credentials {
             secrets: Some(secrets()),
             static_users: users,
+            banned: Vec::new(),
         };
         Self {
             server: Server::new(
@@ -739,6 +740,198 @@ fn kick_user_closes_allocations() {
     assert_eq!(h.server.kick_user("alice"), 1);
     assert_eq!(h.server.allocation_count(), 1);
     assert!(std::iter::from_fn(|| h.server.next_command()).any(|c| matches!(c, Command::CloseRelay { .. })));
+}
+
+/// Installs a ban list on the harness's credentials.
+fn ban(h: &mut Harness, nets: &[&str]) {
+    let mut creds = (*h.server.creds).clone();
+    creds.banned = nets.iter().map(|n| n.parse().unwrap()).collect();
+    h.server.set_credentials(Arc::new(creds));
+}
+
+#[test]
+fn banned_client_allocate_gets_403_and_no_state() {
+    let mut h = Harness::default();
+    ban(&mut h, &["198.51.100.0/24", "2001:db8:bad::/48"]);
+    // Unauthenticated: 403 at once, no 401 round trip.
+    let mut c = Client::rest("198.51.100.7:5000", "alice", 3600);
+    let (class, code, resp) = c.allocate(&mut h);
+    assert_eq!((class, code), (Class::Error, Some(403)));
+    let msg = Message::parse(&resp).unwrap();
+    assert!(!msg.has_integrity());
+    assert!(msg.has_fingerprint());
+    // Authenticated with a valid nonce (from a Refresh challenge): still 403.
+    let req = c.request(method::REFRESH, |_| {}, false);
+    let resp = h.send(c.addr, &req).unwrap();
+    c.nonce = Some(
+        Message::parse(&resp)
+            .unwrap()
+            .nonce()
+            .unwrap()
+            .unwrap()
+            .to_string(),
+    );
+    let (_, code, _) = c.allocate(&mut h);
+    assert_eq!(code, Some(403));
+    // IPv4-mapped spelling of a banned IPv4 address, and a banned IPv6 network.
+    for addr in ["[::ffff:198.51.100.9]:5000", "[2001:db8:bad::1]:1"] {
+        let mut c = Client::rest(addr, "alice", 3600);
+        assert_eq!(c.allocate(&mut h).1, Some(403), "{addr}");
+    }
+    assert_eq!(h.server.stats().allocate_banned, 4);
+    // Only the Refresh was challenged: no Allocate reached authentication.
+    assert_eq!(h.server.stats().auth_failures, [1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(h.server.state_size(), 0);
+    assert_eq!(h.server.quotas.total(), 0);
+    assert!(h.server.next_event().is_none());
+    // Neighbours outside the bans allocate normally.
+    for addr in ["198.51.101.7:5000", "[2001:db8:600d::1]:1"] {
+        let mut c = Client::rest(addr, "alice", 3600);
+        assert_eq!(c.allocate(&mut h).1, None, "{addr}");
+    }
+    assert_eq!(h.server.allocation_count(), 2);
+    // Lifting the ban lets the client in.
+    ban(&mut h, &[]);
+    let mut c = Client::rest("198.51.100.7:5000", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    assert_eq!(h.server.stats().allocate_banned, 4);
+}
+
+#[test]
+fn kick_clients_closes_matching_allocations() {
+    let mut h = Harness::default();
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let mut b = Client::rest("192.0.2.1:1001", "bob2", 3600);
+    let mut c = Client::rest("203.0.113.5:1000", "carol", 3600);
+    let mut d = Client::rest("[::ffff:192.0.2.200]:1000", "dave", 3600);
+    for cl in [&mut a, &mut b, &mut c, &mut d] {
+        assert_eq!(cl.allocate(&mut h).1, None);
+    }
+    let mut created = HashMap::new();
+    while let Some(e) = h.server.next_event() {
+        if let Event::Created { id, client, .. } = e {
+            created.insert(client, id);
+        }
+    }
+    while h.server.next_command().is_some() {}
+    let net: Cidr = "192.0.2.0/24".parse().unwrap();
+    assert_eq!(h.server.kick_clients(|ip| net.contains(ip)), 3);
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(h.server.quotas.total(), 1);
+    let mut closed = Vec::new();
+    while let Some(e) = h.server.next_event() {
+        match e {
+            Event::Closed {
+                id,
+                reason: CloseReason::Kicked,
+                ..
+            } => closed.push(id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    closed.sort();
+    let mut want = vec![created[&a.addr], created[&b.addr], created[&d.addr]];
+    want.sort();
+    assert_eq!(closed, want);
+    let relays_closed = std::iter::from_fn(|| h.server.next_command())
+        .filter(|c| matches!(c, Command::CloseRelay { .. }))
+        .count();
+    assert_eq!(relays_closed, 3);
+    // The kicked 5-tuple is free again; the others are untouched.
+    assert_eq!(a.refresh(&mut h, 600).0, Some(437));
+    assert_eq!(c.refresh(&mut h, 600).0, None);
+    assert_eq!(h.server.kick_clients(|_| false), 0);
+}
+
+#[test]
+fn allocations_lists_live_state() {
+    let mut h = Harness::default();
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    assert_eq!(a.allocate(&mut h).1, None);
+    let (id_a, relay_a) = match h.server.next_event() {
+        Some(Event::Created { id, relay, .. }) => (id, relay),
+        other => panic!("unexpected {other:?}"),
+    };
+    let t_created = h.now;
+    assert_eq!(a.permission(&mut h, "127.0.0.1:7000"), None);
+    h.advance(200);
+    assert_eq!(a.bind(&mut h, 0x4001, "127.0.0.2:7001"), None);
+    let unix = h.unix();
+    let cd = channel_data(0x4001, b"hello");
+    assert!(matches!(
+        h.server
+            .handle_client_packet(a.addr, &cd, h.now, unix, &mut h.reply),
+        ClientAction::Relay { .. }
+    ));
+    assert!(peer_packet(&mut h, id_a, "127.0.0.2:7001", b"hi!").is_some());
+    let mut b = Client::rest("192.0.2.2:1000", "bob2", 3600);
+    assert_eq!(b.allocate(&mut h).1, None);
+    h.advance(99);
+
+    let mut list: Vec<AllocationInfo> = h.server.allocations(h.now).collect();
+    list.sort_by_key(|i| i.id);
+    assert_eq!(list.len(), 2);
+    let info = &list[0];
+    assert_eq!(info.id, id_a);
+    assert_eq!(info.username, a.username);
+    assert_eq!(info.user, "alice");
+    assert_eq!(info.client, a.addr);
+    assert_eq!(info.relay, relay_a);
+    assert_eq!(info.age, h.now - t_created);
+    assert_eq!(info.expires_in, Duration::from_secs(600 - 299));
+    assert_eq!(
+        info.permissions,
+        vec![
+            "127.0.0.1".parse::<IpAddr>().unwrap(),
+            "127.0.0.2".parse().unwrap()
+        ]
+    );
+    assert_eq!(info.channels, vec![(0x4001, "127.0.0.2:7001".parse().unwrap())]);
+    assert_eq!(
+        info.traffic,
+        Traffic {
+            packets_to_peer: 1,
+            bytes_to_peer: 5,
+            packets_to_client: 1,
+            bytes_to_client: 3,
+        }
+    );
+    assert_eq!(list[1].user, "bob2");
+    assert!(list[1].permissions.is_empty() && list[1].channels.is_empty());
+    assert_eq!(list[1].traffic, Traffic::default());
+
+    // Two seconds on, before any sweep: the first permission (300 s) has lapsed.
+    let later = h.now + Duration::from_secs(2);
+    let info = h.server.allocations(later).find(|i| i.id == id_a).unwrap();
+    assert_eq!(info.permissions, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(info.channels.len(), 1);
+    // At 599 s the second permission (installed at 200 s) has lapsed too; the channel
+    // (600 s from 200 s) has not. At 600 s the allocation itself is left out.
+    let t = t_created + Duration::from_secs(599);
+    let info = h.server.allocations(t).find(|i| i.id == id_a).unwrap();
+    assert_eq!(info.expires_in, Duration::from_secs(1));
+    assert!(info.permissions.is_empty());
+    assert_eq!(info.channels.len(), 1);
+    assert_eq!(
+        h.server.allocations(t_created + Duration::from_secs(600)).count(),
+        1
+    );
+}
+
+#[test]
+fn alloc_ids_carry_the_shard() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        shard: 5,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(10, 10));
+    let mut c = Client::rest("192.0.2.1:1000", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    assert_eq!(only_alloc(&mut h).shard(), 5);
 }
 
 #[test]

@@ -1,0 +1,341 @@
+//! The admin role: a token-protected HTTP API (`/admin/v1`) over the store and the live
+//! state of the other roles, with its OpenAPI document generated from the handlers.
+//!
+//! Shape: [`router`] builds the routes from [`AdminState`]; the store is reached through
+//! `spawn_blocking` (SQLite calls block), the live roles through the [`Live`] trait, which
+//! the binary implements over the turn and signal roles, so this crate depends on neither.
+//! Changes are written to the store and announced on [`AdminState::changed`]; the binary's
+//! sync loop applies them to the running roles (and picks up changes made by other
+//! processes on the same database within a second).
+//!
+//! Invariants: every `/admin/v1` request is authenticated with the bearer token, compared
+//! as SHA-256 digests in constant time; every error is JSON with a stable `code`; the
+//! OpenAPI document is built from the same `#[utoipa::path]` items the router mounts.
+
+mod api;
+pub mod client;
+mod error;
+mod extract;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use callbox_store::{Health, Store};
+use sha2::{Digest, Sha256};
+
+pub use api::{AllocationView, ChannelView, PeerView, RoomView};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+/// A boxed future, so [`Live`] stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The running roles as admin sees them. `None` answers mean "that role does not run in
+/// this process" (the API says 404 `role-not-running`).
+pub trait Live: Send + Sync + 'static {
+    /// Live TURN allocations.
+    fn allocations(&self) -> BoxFuture<'_, Option<Vec<AllocationView>>>;
+    /// Closes one allocation; `Some(false)` when there is no such allocation.
+    fn close_allocation(&self, id: u64) -> BoxFuture<'_, Option<bool>>;
+    /// Closes every allocation of a static user or REST user id (a removed user).
+    fn close_user_allocations(&self, user: &str);
+    /// Live signaling rooms.
+    fn rooms(&self) -> Option<Vec<RoomView>>;
+    /// Closes a room with 4009; `Some(0)` when there is no such room.
+    fn close_room(&self, room: &str) -> Option<usize>;
+    /// Kicks a peer with 4003; `Some(false)` when there is no such peer.
+    fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool>;
+}
+
+/// What the admin role knows about its process.
+#[derive(Debug, Clone)]
+pub struct AdminInfo {
+    pub version: String,
+    pub roles: Vec<String>,
+    pub started: Instant,
+    /// The TURN realm static users are added to.
+    pub realm: String,
+    /// The effective configuration, secrets redacted.
+    pub config: serde_json::Value,
+    /// Secrets come from `auth.secrets` in the configuration: rotation through the API is
+    /// refused (409), so the two never disagree.
+    pub secrets_from_config: bool,
+    /// Default seconds the previous secret keeps verifying after a rotation.
+    pub rotation_overlap: u64,
+    pub max_body_bytes: usize,
+    pub auth_failures_per_minute: u32,
+}
+
+/// Counters shown in the admin listener's `/metrics`.
+#[derive(Debug, Default)]
+pub struct AdminMetrics {
+    pub requests: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub auth_limited: AtomicU64,
+}
+
+/// Shared state of the admin handlers.
+pub struct AdminState {
+    pub store: Arc<Mutex<Store>>,
+    pub health: Arc<Health>,
+    pub live: Arc<dyn Live>,
+    pub info: AdminInfo,
+    /// Notified after every change, so the sync loop applies it at once.
+    pub changed: Arc<tokio::sync::Notify>,
+    pub metrics: AdminMetrics,
+    failures: Mutex<HashMap<IpAddr, FailureWindow>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    start: Instant,
+    count: u32,
+}
+
+/// Most addresses whose failures are remembered; past it the oldest windows are dropped,
+/// so a spray of forged tokens from many addresses cannot grow memory without bound.
+const MAX_FAILURE_ENTRIES: usize = 4096;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+impl AdminState {
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        health: Arc<Health>,
+        live: Arc<dyn Live>,
+        info: AdminInfo,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            health,
+            live,
+            info,
+            changed,
+            metrics: AdminMetrics::default(),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `f` on the store off the async threads. A database error is counted, logged
+    /// and answered 503 `store-unavailable`; rule violations map to 4xx.
+    pub(crate) async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> callbox_store::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        let r = tokio::task::spawn_blocking(move || {
+            let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut s)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("store task: {e}")))?;
+        r.map_err(|e| {
+            if matches!(e, callbox_store::StoreError::Sqlite(_)) {
+                self.health.failed();
+                tracing::warn!(error = %e, "admin: store operation failed");
+            }
+            ApiError::from(e)
+        })
+    }
+
+    /// Seconds until `ip` may try again, if it failed too often this minute.
+    fn limited(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let w = map.get(&ip)?;
+        let end = w.start + FAILURE_WINDOW;
+        (w.count >= self.info.auth_failures_per_minute && end > now)
+            .then(|| end.saturating_duration_since(now).as_secs().max(1))
+    }
+
+    /// Counts a failed token check; true for the first failure of a window (logged).
+    fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(&ip) {
+            map.retain(|_, w| w.start + FAILURE_WINDOW > now);
+            if map.len() >= MAX_FAILURE_ENTRIES {
+                let oldest = map.iter().min_by_key(|(_, w)| w.start).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    map.remove(&k);
+                }
+            }
+        }
+        let w = map.entry(ip).or_insert(FailureWindow { start: now, count: 0 });
+        if w.start + FAILURE_WINDOW <= now {
+            *w = FailureWindow { start: now, count: 0 };
+        }
+        w.count += 1;
+        w.count == 1
+    }
+}
+
+/// SHA-256 of a token, the form in which it is stored.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new random admin token (shown once, stored as its digest).
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cbx_{hex}")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn authenticate(
+    State(app): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    app.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let ip = peer.ip();
+    let now = Instant::now();
+    if let Some(secs) = app.limited(ip, now) {
+        app.metrics.auth_limited.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "too many failed token checks from this address; try later",
+        )
+        .retry_after(secs)
+        .into_response();
+    }
+    let presented = bearer(req.headers()).map(token_digest);
+    let stored = match app.with_store(|s| s.admin_token()).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let ok = match (presented, stored) {
+        (Some(p), Some(s)) => bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &s[..])),
+        _ => false,
+    };
+    if !ok {
+        app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        if app.failed(ip, now) {
+            tracing::warn!(%ip, path = %req.uri().path(), "admin: request without a valid token");
+        }
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin token is required (Authorization: Bearer ...)",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"callbox-admin\""),
+        );
+        return r;
+    }
+    next.run(req).await
+}
+
+/// The admin listener's routes: `/admin/v1/...` behind the token, and the unauthenticated
+/// `/healthz`, `/readyz` and `/metrics` every role has.
+pub fn router(app: Arc<AdminState>) -> Router {
+    let (api, openapi) = api::split();
+    let doc = Arc::new(
+        serde_json::to_value(&openapi).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+    );
+    let protected = api
+        .route(
+            "/admin/v1/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint").into_response()
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(app.info.max_body_bytes));
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(protected)
+        .with_state(app)
+}
+
+/// The OpenAPI document (what `/admin/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api::split().1
+}
+
+async fn readyz(State(app): State<Arc<AdminState>>) -> Response {
+    match app.with_store(|s| s.schema_version()).await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<AdminState>>) -> Response {
+    let m = &app.metrics;
+    let h = &app.health;
+    let mut out = String::new();
+    for (name, help, v) in [
+        (
+            "callbox_admin_requests_total",
+            "Requests to /admin/v1.",
+            m.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "callbox_admin_auth_failures_total",
+            "Admin requests without a valid token.",
+            m.auth_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "callbox_admin_auth_limited_total",
+            "Admin requests refused with 429 after repeated token failures.",
+            m.auth_limited.load(Ordering::Relaxed),
+        ),
+        (
+            "callbox_store_errors_total",
+            "Store operations that failed (full disk, locked or damaged database).",
+            h.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "callbox_store_history_lost_total",
+            "History rows lost to failed store writes.",
+            h.history_lost.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

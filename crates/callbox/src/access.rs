@@ -1,0 +1,213 @@
+//! Keeps the running roles in step with the store: TURN secrets, static users, API keys
+//! and bans are read into an immutable snapshot, and a changed snapshot is pushed to the
+//! relay (an `ArcSwap` its workers load between batches, never a lock on the packet path)
+//! and to signaling.
+//!
+//! Changes arrive two ways: the admin handlers notify [`Access::changed`] after a write
+//! (applied in milliseconds), and the store is polled every [`POLL`] so changes made by
+//! another process on the same database (`callbox admin` run locally, a second callbox)
+//! and time-based ones (a secret's overlap ending, a ban expiring) apply within a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use callbox_core::credentials::{LongTermKey, SecretSet};
+use callbox_core::{Cidr, Secret};
+use callbox_store::{Health, Store};
+use callbox_turn::TurnControl;
+use turn_proto::server::Credentials;
+
+/// How often the store is read for changes made elsewhere.
+pub const POLL: Duration = Duration::from_millis(250);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the roles need from the store, read in one go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Active secrets, the signing one first.
+    pub secrets: Vec<String>,
+    pub users: Vec<(String, [u8; 16])>,
+    pub api_keys: Vec<([u8; 32], String)>,
+    /// (ban id, network), by id.
+    pub bans: Vec<(i64, Cidr)>,
+}
+
+impl Snapshot {
+    pub fn read(store: &Store, realm: &str, now: i64) -> callbox_store::Result<Snapshot> {
+        let mut api_keys = store.api_key_digests()?;
+        api_keys.sort();
+        Ok(Snapshot {
+            secrets: store.active_secrets(now)?.into_iter().map(|s| s.secret).collect(),
+            users: store.users(realm)?,
+            api_keys,
+            bans: store
+                .active_bans(now)?
+                .into_iter()
+                .map(|b| (b.id, b.network))
+                .collect(),
+        })
+    }
+}
+
+/// Where snapshots come from and where they go.
+pub struct Access {
+    pub store: Arc<Mutex<Store>>,
+    pub health: Arc<Health>,
+    pub realm: String,
+    /// `auth.secrets` from the configuration: when set, they are the secrets and the
+    /// store's are ignored (the admin API refuses rotation).
+    pub config_secrets: Option<SecretSet>,
+    /// `auth.static_users` from the configuration, beside the store's.
+    pub config_users: HashMap<String, LongTermKey>,
+    pub retention_days: u64,
+    pub changed: Arc<tokio::sync::Notify>,
+    pub turn: Option<TurnControl>,
+    pub signal: Option<Arc<callbox_signal::AppState>>,
+    /// The signing secrets `/v1/ice-servers` and `welcome` mint with.
+    pub ice_secrets: Option<Arc<ArcSwap<SecretSet>>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// The secrets to use: the configuration's, else the store's (signing first).
+    pub fn secret_set(&self, snap: &Snapshot) -> Option<SecretSet> {
+        if let Some(c) = &self.config_secrets {
+            return Some(c.clone());
+        }
+        SecretSet::new(snap.secrets.iter().map(|s| Secret::new(s.clone())).collect())
+    }
+
+    /// The relay's credentials for a snapshot.
+    pub fn credentials(&self, snap: &Snapshot, secrets: SecretSet) -> Credentials {
+        let mut static_users = self.config_users.clone();
+        for (name, key) in &snap.users {
+            // A user in the configuration file wins over one of the same name in the store.
+            static_users.entry(name.clone()).or_insert(*key);
+        }
+        Credentials {
+            secrets: Some(secrets),
+            static_users,
+            banned: snap.bans.iter().map(|(_, n)| *n).collect(),
+        }
+    }
+
+    fn apply(&self, prev: &Snapshot, snap: &Snapshot) {
+        let Some(secrets) = self.secret_set(snap) else {
+            tracing::warn!("the store holds no active TURN secret; keeping the previous ones");
+            return;
+        };
+        if let Some(ice) = &self.ice_secrets {
+            ice.store(Arc::new(secrets.clone()));
+        }
+        let added: Vec<Cidr> = snap
+            .bans
+            .iter()
+            .filter(|b| !prev.bans.contains(b))
+            .map(|(_, n)| *n)
+            .collect();
+        if let Some(turn) = &self.turn {
+            // Credentials (with the bans) first, then the kick: the workers load the new
+            // credentials before handling the kick, so a banned client cannot allocate
+            // again in between.
+            turn.set_credentials(self.credentials(snap, secrets));
+            if !added.is_empty() {
+                turn.kick_clients(added.clone());
+            }
+        }
+        if let Some(signal) = &self.signal {
+            signal.set_api_keys(snap.api_keys.iter().cloned().collect());
+            signal.set_bans(snap.bans.iter().map(|(_, n)| *n).collect());
+        }
+        tracing::info!(
+            secrets = snap.secrets.len(),
+            users = snap.users.len(),
+            api_keys = snap.api_keys.len(),
+            bans = snap.bans.len(),
+            new_bans = added.len(),
+            "access snapshot applied"
+        );
+    }
+
+    async fn read(&self) -> Option<Snapshot> {
+        let store = Arc::clone(&self.store);
+        let realm = self.realm.clone();
+        let now = unix_now();
+        let r = tokio::task::spawn_blocking(move || {
+            let s = store.lock().unwrap_or_else(|e| e.into_inner());
+            Snapshot::read(&s, &realm, now)
+        })
+        .await;
+        match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                self.health.failed();
+                tracing::warn!(error = %e, "reading the store failed; roles keep their last snapshot");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store reader failed");
+                None
+            }
+        }
+    }
+
+    async fn prune(&self) {
+        if self.retention_days == 0 {
+            return;
+        }
+        let before = unix_now() - (self.retention_days * 86_400) as i64;
+        let store = Arc::clone(&self.store);
+        let r = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .prune_history(before)
+        })
+        .await;
+        match r {
+            Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "history past its retention deleted"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.health.failed();
+                tracing::warn!(error = %e, "pruning history failed");
+            }
+            Err(e) => tracing::warn!(error = %e, "history pruner failed"),
+        }
+    }
+
+    /// Applies snapshots as they change, starting from the one the roles started with.
+    pub async fn run(self, mut current: Snapshot) {
+        let mut last_prune = None::<tokio::time::Instant>;
+        loop {
+            tokio::select! {
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            if let Some(next) = self.read().await
+                && next != current
+            {
+                self.apply(&current, &next);
+                current = next;
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(tokio::time::Instant::now());
+                self.prune().await;
+            }
+        }
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,96 @@
+//! The admin role's view of the roles running in this process.
+
+use std::sync::Arc;
+
+use callbox_admin::{AllocationView, BoxFuture, ChannelView, Live, PeerView, RoomView};
+use callbox_turn::TurnControl;
+use turn_proto::AllocId;
+
+/// The turn and signal roles of this process, where they run.
+pub struct LiveRoles {
+    pub turn: Option<TurnControl>,
+    pub signal: Option<Arc<callbox_signal::AppState>>,
+}
+
+impl Live for LiveRoles {
+    fn allocations(&self) -> BoxFuture<'_, Option<Vec<AllocationView>>> {
+        Box::pin(async move {
+            let turn = self.turn.as_ref()?;
+            let list = turn.allocations().await;
+            Some(
+                list.into_iter()
+                    .map(|a| AllocationView {
+                        id: a.id.0.to_string(),
+                        username: a.username,
+                        user: a.user,
+                        client: a.client.to_string(),
+                        relay: a.relay.to_string(),
+                        age_seconds: a.age.as_secs(),
+                        expires_in_seconds: a.expires_in.as_secs(),
+                        permissions: a.permissions.iter().map(|p| p.to_string()).collect(),
+                        channels: a
+                            .channels
+                            .iter()
+                            .map(|(number, peer)| ChannelView {
+                                number: *number,
+                                peer: peer.to_string(),
+                            })
+                            .collect(),
+                        packets_to_peer: a.traffic.packets_to_peer,
+                        bytes_to_peer: a.traffic.bytes_to_peer,
+                        packets_to_client: a.traffic.packets_to_client,
+                        bytes_to_client: a.traffic.bytes_to_client,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn close_allocation(&self, id: u64) -> BoxFuture<'_, Option<bool>> {
+        Box::pin(async move {
+            let turn = self.turn.as_ref()?;
+            Some(turn.close_allocation(AllocId(id)).await)
+        })
+    }
+
+    fn close_user_allocations(&self, user: &str) {
+        if let Some(turn) = &self.turn {
+            turn.kick_user(user);
+        }
+    }
+
+    fn rooms(&self) -> Option<Vec<RoomView>> {
+        let signal = self.signal.as_ref()?;
+        Some(
+            signal
+                .hub
+                .rooms()
+                .into_iter()
+                .map(|r| RoomView {
+                    room: r.room,
+                    peers: r
+                        .peers
+                        .into_iter()
+                        .map(|p| PeerView {
+                            peer_id: p.peer_id,
+                            address: p.addr.to_string(),
+                            connected: p.connected,
+                            joined_at: p.joined_unix,
+                            meta: p.meta,
+                            messages_in: p.messages_in,
+                            messages_out: p.messages_out,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    fn close_room(&self, room: &str) -> Option<usize> {
+        Some(self.signal.as_ref()?.hub.close_room(room))
+    }
+
+    fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool> {
+        Some(self.signal.as_ref()?.hub.kick_peer(room, peer_id))
+    }
+}
