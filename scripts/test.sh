@@ -13,6 +13,7 @@ need turnutils_uclient "apt-get install coturn (its client tools are used by the
 need unshare "apt-get install util-linux"
 need ip "apt-get install iproute2"
 need node "Node.js runs the browser tests"
+need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
 [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: apt-get install chromium" >&2; exit 1; }
 
 # Runs a command in a new network namespace with only `lo` up (root, or user namespaces).
@@ -35,6 +36,9 @@ cargo test --workspace --no-run --quiet
 
 echo "== cargo tests (loopback-only network namespace)"
 isolated cargo test --workspace --offline -- --test-threads 2
+
+echo "== admin API fuzzed against its OpenAPI document (schemathesis, loopback-only namespace)"
+isolated scripts/schemathesis.sh "${CALLBOX_SCHEMATHESIS_SECONDS:-90}"
 
 echo "== browser tests (headless Chromium, loopback-only network namespace)"
 (cd tests/browser && isolated node --test --test-concurrency=1 --test-timeout=600000)

@@ -224,7 +224,7 @@ async fn list_allocations(
         .allocations()
         .await
         .ok_or_else(|| ApiError::role_not_running("turn"))?;
-    if let Some(user) = &f.user {
+    if let Some(user) = f.user.as_ref().filter(|u| !u.is_empty()) {
         list.retain(|a| &a.user == user || &a.username == user);
     }
     Ok(Json(list))
@@ -236,7 +236,7 @@ fn parse_alloc_id(id: &str) -> Result<u64, ApiError> {
 }
 
 #[utoipa::path(delete, path = "/admin/v1/allocations/{id}", tag = "allocations",
-    params(("id" = String, Path, description = "Allocation id")),
+    params(("id" = String, Path, description = "Allocation id", pattern = "^[0-9]{1,19}$")),
     responses((status = 204, description = "Closed (the client's next request gets 437)")))]
 async fn close_allocation(State(app): AppState, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = parse_alloc_id(&id)?;
@@ -390,6 +390,7 @@ async fn list_secrets(State(app): AppState) -> Result<Json<Secrets>, ApiError> {
 pub struct RotateSecret {
     /// The new secret (at least 16 characters); generated when absent. Give one to share
     /// it with another TURN server (e.g. coturn's `static-auth-secret`).
+    #[schema(min_length = 16, max_length = 1024)]
     pub secret: Option<String>,
     /// Seconds the previous secret keeps verifying; default `admin.rotation_overlap`.
     #[schema(maximum = 316_224_000)]
@@ -465,8 +466,10 @@ pub struct UserView {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// 1-255 characters, not of the REST form `<digits>:...`.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^0-9:]")]
     pub name: String,
-    /// 1-256 characters; only the RFC 8489 long-term key derived from it is kept.
+    /// 1-256 bytes; only the RFC 8489 long-term key derived from it is kept.
+    #[schema(min_length = 1, max_length = 64)]
     pub password: String,
 }
 
@@ -515,10 +518,9 @@ async fn add_user(State(app): AppState, Body(req): Body<NewUser>) -> Result<Resp
     responses((status = 204, description = "Removed; its live allocations are closed")))]
 async fn remove_user(State(app): AppState, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     let now = unix_now();
-    let n = name.clone();
-    app.with_store(move |s| s.remove_user(&n, now, ACTOR)).await?;
+    app.with_store(move |s| s.remove_user(&name, now, ACTOR)).await?;
+    // The sync loop installs credentials without the user, then closes its allocations.
     app.changed.notify_one();
-    app.live.close_user_allocations(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -537,6 +539,7 @@ pub struct ApiKeyView {
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// 1-64 of `A-Za-z0-9_.@-`.
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$")]
     pub name: String,
 }
 
@@ -623,10 +626,13 @@ impl From<callbox_store::Ban> for BanView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBan {
-    /// An address (`192.0.2.7`, `2001:db8::7`) or a network (`192.0.2.0/24`).
+    /// An address (`192.0.2.7`, `2001:db8::7`) or a network (`192.0.2.0/24`) with no
+    /// host bits set.
+    #[schema(example = "192.0.2.0/24")]
     pub network: String,
     /// At most 1024 bytes.
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub reason: String,
     /// Lifts itself after this many seconds; absent: until removed.
     #[schema(minimum = 1, maximum = 316_224_000)]
@@ -729,7 +735,8 @@ impl HistoryParams {
         Ok(callbox_store::HistoryQuery {
             from,
             to,
-            filter: self.filter.clone(),
+            // `?filter=` (empty) means no filter, as forms send it.
+            filter: self.filter.clone().filter(|f| !f.is_empty()),
             limit,
             offset: self.offset.unwrap_or(0).min(i64::MAX as u64),
         })

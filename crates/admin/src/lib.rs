@@ -47,8 +47,6 @@ pub trait Live: Send + Sync + 'static {
     fn allocations(&self) -> BoxFuture<'_, Option<Vec<AllocationView>>>;
     /// Closes one allocation; `Some(false)` when there is no such allocation.
     fn close_allocation(&self, id: u64) -> BoxFuture<'_, Option<bool>>;
-    /// Closes every allocation of a static user or REST user id (a removed user).
-    fn close_user_allocations(&self, user: &str);
     /// Live signaling rooms.
     fn rooms(&self) -> Option<Vec<RoomView>>;
     /// Closes a room with 4009; `Some(0)` when there is no such room.

@@ -114,13 +114,24 @@ impl Access {
             .filter(|b| !prev.bans.contains(b))
             .map(|(_, n)| *n)
             .collect();
+        let removed_users: Vec<&String> = prev
+            .users
+            .iter()
+            .filter(|(name, _)| {
+                !snap.users.iter().any(|(n, _)| n == name) && !self.config_users.contains_key(name)
+            })
+            .map(|(name, _)| name)
+            .collect();
         if let Some(turn) = &self.turn {
-            // Credentials (with the bans) first, then the kick: the workers load the new
-            // credentials before handling the kick, so a banned client cannot allocate
-            // again in between.
+            // Credentials (with the bans, without removed users) first, then the kicks: the
+            // workers load the new credentials before handling a kick, so a banned client
+            // or a removed user cannot allocate again in between.
             turn.set_credentials(self.credentials(snap, secrets));
             if !added.is_empty() {
                 turn.kick_clients(added.clone());
+            }
+            for name in &removed_users {
+                turn.kick_user(name);
             }
         }
         if let Some(signal) = &self.signal {
@@ -133,6 +144,7 @@ impl Access {
             api_keys = snap.api_keys.len(),
             bans = snap.bans.len(),
             new_bans = added.len(),
+            removed_users = removed_users.len(),
             "access snapshot applied"
         );
     }

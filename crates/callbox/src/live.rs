@@ -53,12 +53,6 @@ impl Live for LiveRoles {
         })
     }
 
-    fn close_user_allocations(&self, user: &str) {
-        if let Some(turn) = &self.turn {
-            turn.kick_user(user);
-        }
-    }
-
     fn rooms(&self) -> Option<Vec<RoomView>> {
         let signal = self.signal.as_ref()?;
         Some(

@@ -39,7 +39,17 @@ impl CallboxProcess {
 
     /// Like [`CallboxProcess::start`], with extra arguments and environment variables.
     pub fn start_with(binary: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> CallboxProcess {
-        let state_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(binary, config, args, env, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Like [`CallboxProcess::start_with`], on an existing state directory (a restart).
+    pub fn start_in(
+        binary: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        state_dir: tempfile::TempDir,
+    ) -> CallboxProcess {
         let config_path = state_dir.path().join("test.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut cmd = Command::new(binary);
@@ -176,6 +186,15 @@ impl CallboxProcess {
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and hands back its state
+    /// directory, for crash tests.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.state_dir, dir)
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit status code.
