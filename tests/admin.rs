@@ -296,30 +296,24 @@ fn bad_input_gets_a_json_error_with_a_code() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(code(&r), "too-large");
 
-    for (path, status, want) in [
-        ("/admin/v1/history/allocations?limit=0", 400, "bad-query"),
-        ("/admin/v1/history/allocations?limit=abc", 400, "bad-query"),
-        ("/admin/v1/history/sessions?from=10&to=5", 400, "bad-query"),
-        ("/admin/v1/audit?offset=-1", 400, "bad-query"),
-        ("/admin/v1/nothing-here", 404, "not-found"),
+    for (method, path, status, want) in [
+        ("GET", "/admin/v1/history/allocations?limit=0", 400, "bad-query"),
+        ("GET", "/admin/v1/history/allocations?limit=abc", 400, "bad-query"),
+        ("GET", "/admin/v1/history/sessions?from=10&to=5", 400, "bad-query"),
+        ("GET", "/admin/v1/audit?offset=-1", 400, "bad-query"),
+        ("GET", "/admin/v1/nothing-here", 404, "not-found"),
+        ("DELETE", "/admin/v1/allocations/abc", 400, "bad-path"),
+        ("DELETE", "/admin/v1/allocations/12345", 404, "not-found"),
+        ("DELETE", "/admin/v1/bans/x", 400, "bad-path"),
+        ("DELETE", "/admin/v1/bans/999", 404, "not-found"),
+        ("DELETE", "/admin/v1/users/nobody", 404, "not-found"),
+        ("DELETE", "/admin/v1/api-keys/nobody", 404, "not-found"),
+        ("DELETE", "/admin/v1/rooms/nowhere", 404, "not-found"),
+        ("DELETE", "/admin/v1/rooms/nowhere/peers/p-1", 404, "not-found"),
     ] {
-        let r = cb.admin("GET", path, None);
-        assert_eq!(r.status, status, "{path}: {}", r.body);
-        assert_eq!(code(&r), want, "{path}");
-    }
-    for (path, status, want) in [
-        ("/admin/v1/allocations/abc", 400, "bad-path"),
-        ("/admin/v1/allocations/12345", 404, "not-found"),
-        ("/admin/v1/bans/x", 400, "bad-path"),
-        ("/admin/v1/bans/999", 404, "not-found"),
-        ("/admin/v1/users/nobody", 404, "not-found"),
-        ("/admin/v1/api-keys/nobody", 404, "not-found"),
-        ("/admin/v1/rooms/nowhere", 404, "not-found"),
-        ("/admin/v1/rooms/nowhere/peers/p-1", 404, "not-found"),
-    ] {
-        let r = cb.admin("DELETE", path, None);
-        assert_eq!(r.status, status, "{path}: {}", r.body);
-        assert_eq!(code(&r), want, "{path}");
+        let r = cb.admin(method, path, None);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert_eq!(code(&r), want, "{method} {path}");
     }
     // Nothing above changed anything.
     let audit = cb.admin("GET", "/admin/v1/audit", None).json();
@@ -727,17 +721,7 @@ async fn a_ban_ends_a_live_uclient_relay_and_a_live_websocket() {
     let refused = WsClient::connect(signal, "room=banned", &[]).await.unwrap_err();
     assert_eq!((refused.status, refused.code()), (403, "banned"));
     let (_, out) = uclient.join().unwrap();
-    let lost: u64 = out
-        .lines()
-        .find_map(|l| {
-            l.split("Total lost packets ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(u64::MAX);
+    let lost = test_support::uclient_lost_packets(&out).unwrap_or(u64::MAX);
     assert!(lost > 0, "uclient's relay was cut:\n{out}");
     let (_, m) = cb.http_get("/metrics");
     assert!(metric(&m, "callbox_turn_banned_total").unwrap() >= 1.0, "{m}");

@@ -43,17 +43,6 @@ fn uclient(server: SocketAddr, secret: &str, peer_port: u16, extra: &[&str]) -> 
     run_with_timeout(&mut cmd, Duration::from_secs(90))
 }
 
-fn lost_packets(output: &str) -> Option<u64> {
-    output.lines().find_map(|l| {
-        l.split("Total lost packets ")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
 fn sent_and_received(output: &str) -> (u64, u64) {
     let line = output
         .lines()
@@ -102,7 +91,7 @@ fn uclient_relays_through_us_without_loss() {
         args.extend_from_slice(mode);
         let (code, out) = uclient(server.udp_v4(), &server.secret(), port, &args);
         assert_eq!(code, Some(0), "{out}");
-        assert_eq!(lost_packets(&out), Some(0), "{out}");
+        assert_eq!(test_support::uclient_lost_packets(&out), Some(0), "{out}");
         let (sent, received) = sent_and_received(&out);
         assert_eq!((sent, received), (800, 800), "{out}");
     }
@@ -139,7 +128,11 @@ fn default_policy_refuses_loopback_peer_with_403() {
     let (port, _peer) = test_support::turnutils_peer();
     let (_, out) = uclient(server.udp_v4(), &server.secret(), port, &["-m", "1", "-n", "10"]);
     assert!(out.contains("error 403"), "{out}");
-    assert_ne!(lost_packets(&out), Some(0), "nothing may be relayed: {out}");
+    assert_ne!(
+        test_support::uclient_lost_packets(&out),
+        Some(0),
+        "nothing may be relayed: {out}"
+    );
     let (_, body) = server.http_get("/metrics");
     assert!(
         metric(&body, "callbox_turn_denied_peers_total").unwrap() >= 1.0,

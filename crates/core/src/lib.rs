@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod http1;
 pub mod ice;
 pub mod jwt;
 pub mod policy;

@@ -287,6 +287,18 @@ pub fn http_request(
     }
 }
 
+/// The "Total lost packets N" that `turnutils_uclient` prints at the end of a run.
+pub fn uclient_lost_packets(output: &str) -> Option<u64> {
+    output.lines().find_map(|l| {
+        l.split("Total lost packets ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// The value of an unlabelled or labelled sample in Prometheus text.
 pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| {
