@@ -562,6 +562,7 @@ fn allocations_are_listed_filtered_closed_and_kept_in_history() {
     assert!(a["relay"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(a["expires_in_seconds"].as_u64().unwrap() > 0);
     let id = a["id"].as_str().unwrap().to_string();
+    let ann_username = a["username"].as_str().unwrap().to_string();
     assert_eq!(cb.admin("GET", "/admin/v1/status", None).json()["allocations"], 2);
 
     assert_eq!(
@@ -590,7 +591,7 @@ fn allocations_are_listed_filtered_closed_and_kept_in_history() {
 
     // History is written in batches, off the relay's path.
     assert!(eventually(Duration::from_secs(3), || {
-        let h = cb.admin("GET", "/admin/v1/history/allocations?filter=", None);
+        let h = cb.admin("GET", "/admin/v1/history/allocations?user=", None);
         h.status == 200
             && h.json()["items"]
                 .as_array()
@@ -603,6 +604,15 @@ fn allocations_are_listed_filtered_closed_and_kept_in_history() {
         .json();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["next_offset"], 1);
+    let only = cb
+        .admin(
+            "GET",
+            &format!("/admin/v1/history/allocations?user={ann_username}"),
+            None,
+        )
+        .json();
+    assert_eq!(only["items"].as_array().unwrap().len(), 1, "{only}");
+    assert_eq!(only["items"][0]["username"], ann_username.as_str());
     let from = now() as i64 + 100;
     let none = cb
         .admin("GET", &format!("/admin/v1/history/allocations?from={from}"), None)
@@ -661,9 +671,7 @@ async fn rooms_are_listed_kicked_and_closed() {
 
     // Both sessions are in history with why they ended.
     assert!(eventually(Duration::from_secs(3), || {
-        let h = cb
-            .admin("GET", "/admin/v1/history/sessions?filter=r1", None)
-            .json();
+        let h = cb.admin("GET", "/admin/v1/history/sessions?room=r1", None).json();
         let items = h["items"].as_array().unwrap().clone();
         items.len() == 2 && items.iter().all(|s| s["close_reason"] == "kicked")
     }));

@@ -141,6 +141,8 @@ fn credentials() -> Credentials {
     Credentials {
         secrets: SecretSet::new(vec![Secret::new(SECRET), Secret::new("old-secret")]),
         static_users,
+        // One client of CLIENTS is banned: its Allocates get 403 before authentication.
+        banned: vec!["203.0.113.0/24".parse().unwrap()],
     }
 }
 

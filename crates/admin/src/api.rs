@@ -710,13 +710,13 @@ async fn remove_ban(State(app): AppState, Path(id): Path<i64>) -> Result<StatusC
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct HistoryParams {
+struct AllocationHistoryParams {
     /// Started at or after (unix seconds). Default: the beginning.
     from: Option<i64>,
     /// Started before (unix seconds). Default: no end.
     to: Option<i64>,
-    /// Allocations: only this username; sessions: only this room.
-    filter: Option<String>,
+    /// Only allocations with this USERNAME (`<expiry>:<id>` or a static user's name).
+    user: Option<String>,
     /// Rows per page, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -724,23 +724,43 @@ struct HistoryParams {
     offset: Option<u64>,
 }
 
-impl HistoryParams {
-    fn query(&self) -> Result<callbox_store::HistoryQuery, ApiError> {
-        let limit = page_limit(self.limit)?;
-        let from = self.from.unwrap_or(0);
-        let to = self.to.unwrap_or(i64::MAX);
-        if from > to {
-            return Err(ApiError::bad_request("bad-query", "from is after to"));
-        }
-        Ok(callbox_store::HistoryQuery {
-            from,
-            to,
-            // `?filter=` (empty) means no filter, as forms send it.
-            filter: self.filter.clone().filter(|f| !f.is_empty()),
-            limit,
-            offset: self.offset.unwrap_or(0).min(i64::MAX as u64),
-        })
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SessionHistoryParams {
+    /// Started at or after (unix seconds). Default: the beginning.
+    from: Option<i64>,
+    /// Started before (unix seconds). Default: no end.
+    to: Option<i64>,
+    /// Only sessions in this room.
+    room: Option<String>,
+    /// Rows per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Rows to skip (`next_offset` of the previous page).
+    offset: Option<u64>,
+}
+
+fn history_query(
+    from: Option<i64>,
+    to: Option<i64>,
+    filter: Option<&String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+) -> Result<callbox_store::HistoryQuery, ApiError> {
+    let limit = page_limit(limit)?;
+    let from = from.unwrap_or(0);
+    let to = to.unwrap_or(i64::MAX);
+    if from > to {
+        return Err(ApiError::bad_request("bad-query", "from is after to"));
     }
+    Ok(callbox_store::HistoryQuery {
+        from,
+        to,
+        // An empty filter (`?user=`, as forms send it) means no filter.
+        filter: filter.filter(|f| !f.is_empty()).cloned(),
+        limit,
+        offset: offset.unwrap_or(0).min(i64::MAX as u64),
+    })
 }
 
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
@@ -778,13 +798,13 @@ pub struct AllocationHistoryPage {
     pub next_offset: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/history/allocations", tag = "history", params(HistoryParams),
+#[utoipa::path(get, path = "/admin/v1/history/allocations", tag = "history", params(AllocationHistoryParams),
     responses((status = 200, description = "Allocations, newest first", body = AllocationHistoryPage)))]
 async fn allocation_history(
     State(app): AppState,
-    Query(p): Query<HistoryParams>,
+    Query(p): Query<AllocationHistoryParams>,
 ) -> Result<Json<AllocationHistoryPage>, ApiError> {
-    let q = p.query()?;
+    let q = history_query(p.from, p.to, p.user.as_ref(), p.limit, p.offset)?;
     let (offset, limit) = (q.offset, q.limit);
     let rows = app.with_store(move |s| s.allocation_history_page(&q)).await?;
     Ok(Json(AllocationHistoryPage {
@@ -828,13 +848,13 @@ pub struct SessionHistoryPage {
     pub next_offset: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/history/sessions", tag = "history", params(HistoryParams),
+#[utoipa::path(get, path = "/admin/v1/history/sessions", tag = "history", params(SessionHistoryParams),
     responses((status = 200, description = "Signaling sessions, newest first", body = SessionHistoryPage)))]
 async fn session_history(
     State(app): AppState,
-    Query(p): Query<HistoryParams>,
+    Query(p): Query<SessionHistoryParams>,
 ) -> Result<Json<SessionHistoryPage>, ApiError> {
-    let q = p.query()?;
+    let q = history_query(p.from, p.to, p.room.as_ref(), p.limit, p.offset)?;
     let (offset, limit) = (q.offset, q.limit);
     let rows = app.with_store(move |s| s.session_history_page(&q)).await?;
     Ok(Json(SessionHistoryPage {

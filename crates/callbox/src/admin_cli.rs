@@ -231,11 +231,11 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn history_query(f: &HistoryFilter, filter: Option<&String>) -> String {
+fn history_query(f: &HistoryFilter, filter: (&str, Option<&String>)) -> String {
     query(&[
         ("from", f.from.map(|v| v.to_string())),
         ("to", f.to.map(|v| v.to_string())),
-        ("filter", filter.cloned()),
+        (filter.0, filter.1.cloned()),
         ("limit", f.limit.map(|v| v.to_string())),
         ("offset", f.offset.map(|v| v.to_string())),
     ])
@@ -334,7 +334,7 @@ pub fn run(loaded: &Loaded, args: &AdminArgs, cmd: &AdminCommand) -> anyhow::Res
                 "GET",
                 format!(
                     "/admin/v1/history/allocations{}",
-                    history_query(filter, user.as_ref())
+                    history_query(filter, ("user", user.as_ref()))
                 ),
                 None,
             ),
@@ -342,7 +342,7 @@ pub fn run(loaded: &Loaded, args: &AdminArgs, cmd: &AdminCommand) -> anyhow::Res
                 "GET",
                 format!(
                     "/admin/v1/history/sessions{}",
-                    history_query(filter, room.as_ref())
+                    history_query(filter, ("room", room.as_ref()))
                 ),
                 None,
             ),
