@@ -940,3 +940,35 @@ fn backup_while_serving() {
     // The server kept serving throughout.
     assert_eq!(cb.admin("GET", "/admin/v1/status", None).status, 200);
 }
+
+#[test]
+fn admin_alone_says_which_roles_do_not_run_here() {
+    let cb = CallboxProcess::start_with(BIN, &config(""), &["--roles", "admin"], &[]);
+    assert!(cb.udp.is_empty() && cb.signal.is_none());
+    let status = cb.admin("GET", "/admin/v1/status", None).json();
+    assert_eq!(status["roles"], json!(["admin"]));
+    assert_eq!(status["allocations"], Value::Null);
+    assert_eq!(status["rooms"], Value::Null);
+    for (method, path) in [
+        ("GET", "/admin/v1/allocations"),
+        ("DELETE", "/admin/v1/allocations/1"),
+        ("GET", "/admin/v1/rooms"),
+        ("GET", "/admin/v1/rooms/r"),
+        ("DELETE", "/admin/v1/rooms/r"),
+        ("DELETE", "/admin/v1/rooms/r/peers/p"),
+    ] {
+        let r = cb.admin(method, path, None);
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (404, "role-not-running"),
+            "{method} {path}"
+        );
+    }
+    // The store is still managed here: a relay elsewhere on this database picks it up.
+    let r = cb.admin(
+        "POST",
+        "/admin/v1/bans",
+        Some(&json!({"network": "192.0.2.0/24"})),
+    );
+    assert_eq!(r.status, 201);
+}

@@ -200,7 +200,9 @@ fn expired_forged_and_wrong_credentials_are_refused() {
     let (code, out) = uclient(server.udp_v4(), "wrong-secret", port, &["-m", "1", "-n", "5"]);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("Cannot complete Allocation"), "{out}");
-    let (_, body) = server.http_get("/metrics");
+    let body = server.metrics_when(|b| {
+        metric(b, "callbox_turn_auth_failures_total{reason=\"expired\"}").unwrap_or(0.0) >= 1.0
+    });
     assert!(
         metric(&body, "callbox_turn_auth_failures_total{reason=\"expired\"}").unwrap() >= 1.0,
         "{body}"
@@ -290,7 +292,10 @@ fn quotas_per_user_and_total() {
             .code,
         None
     );
-    let (_, body) = server.http_get("/metrics");
+    let body = server.metrics_when(|b| {
+        metric(b, "callbox_turn_quota_rejections_total{quota=\"user\"}") == Some(1.0)
+            && metric(b, "callbox_turn_quota_rejections_total{quota=\"total\"}") == Some(1.0)
+    });
     assert_eq!(
         metric(&body, "callbox_turn_quota_rejections_total{quota=\"user\"}"),
         Some(1.0),

@@ -183,6 +183,19 @@ impl CallboxProcess {
         http_get(self.http.expect("http listener"), path)
     }
 
+    /// The turn role's `/metrics` once `ready` holds for it (workers publish their counters
+    /// after the loop turn that sent a reply), or after 2 s, whatever it says then.
+    pub fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let (_, body) = self.http_get("/metrics");
+            if ready(&body) || Instant::now() > deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
