@@ -40,7 +40,16 @@ pub enum CidrError {
 }
 
 impl Cidr {
+    /// A network of `prefix` bits at `addr` (host bits cleared). An IPv4-mapped network
+    /// (`::ffff:a.b.c.d`, prefix 96 or more) becomes the IPv4 network it means, since
+    /// addresses are matched in their IPv4 form.
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && (96..=128).contains(&prefix)
+        {
+            return Self::new(IpAddr::V4(v4), prefix - 96);
+        }
         let max = if addr.is_ipv4() { 32 } else { 128 };
         (prefix <= max).then(|| Self {
             addr: mask(addr, prefix),
@@ -127,19 +136,13 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| CidrError::Prefix(p.to_string(), max))?,
         };
-        let cidr = Cidr::new(addr, prefix).expect("prefix checked");
-        if cidr.addr != addr {
-            return Err(CidrError::HostBits(s.to_string(), cidr.to_string()));
+        if mask(addr, prefix) != addr {
+            let network = Cidr::new(addr, prefix).expect("prefix checked");
+            return Err(CidrError::HostBits(s.to_string(), network.to_string()));
         }
-        // `::ffff:10.0.0.0/104` means the IPv4 network 10.0.0.0/8: addresses are checked in
-        // their IPv4 form, so the network must be too.
-        if let IpAddr::V6(v6) = addr
-            && let Some(v4) = v6.to_ipv4_mapped()
-            && prefix >= 96
-        {
-            return Ok(Cidr::new(IpAddr::V4(v4), prefix - 96).expect("prefix - 96 <= 32"));
-        }
-        Ok(cidr)
+        // `::ffff:10.0.0.0/104` means the IPv4 network 10.0.0.0/8 (`Cidr::new` converts it):
+        // addresses are checked in their IPv4 form, so the network must be too.
+        Ok(Cidr::new(addr, prefix).expect("prefix checked"))
     }
 }
 
@@ -282,6 +285,18 @@ impl PeerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_network_built_in_code_matches_like_a_parsed_one() {
+        let mapped: IpAddr = "::ffff:192.0.2.0".parse().unwrap();
+        let built = Cidr::new(mapped, 120).unwrap();
+        assert_eq!(built, "192.0.2.0/24".parse().unwrap());
+        assert_eq!(built, "::ffff:192.0.2.0/120".parse().unwrap());
+        assert!(built.contains("192.0.2.7".parse().unwrap()));
+        assert!(built.contains("::ffff:192.0.2.7".parse().unwrap()));
+        // Shorter than the mapped prefix: an IPv6 network, as written.
+        assert!(Cidr::new(mapped, 64).unwrap().addr().is_ipv6());
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
