@@ -160,14 +160,14 @@ async fn status(State(app): AppState) -> Result<Json<Status>, ApiError> {
     let now = unix_now();
     let counts = app.with_store(move |s| s.counts(now)).await?;
     let allocations = app.live.allocations().await.map(|a| a.len() as u64);
-    let rooms = app.live.rooms();
+    let rooms = app.live.room_counts();
     Ok(Json(Status {
         version: app.info.version.clone(),
         uptime_seconds: app.info.started.elapsed().as_secs(),
         roles: app.info.roles.clone(),
         allocations,
-        rooms: rooms.as_ref().map(|r| r.len() as u64),
-        peers: rooms.map(|r| r.iter().map(|r| r.peers.len() as u64).sum()),
+        rooms: rooms.map(|(r, _)| r),
+        peers: rooms.map(|(_, p)| p),
         active_secrets: counts.active_secrets,
         users: counts.users,
         api_keys: counts.api_keys,
@@ -287,13 +287,9 @@ async fn list_rooms(State(app): AppState) -> Result<Json<Vec<RoomView>>, ApiErro
     params(("room" = String, Path, description = "Room name")),
     responses((status = 200, description = "The room", body = RoomView)))]
 async fn get_room(State(app): AppState, Path(room): Path<String>) -> Result<Json<RoomView>, ApiError> {
-    let rooms = app
-        .live
-        .rooms()
-        .ok_or_else(|| ApiError::role_not_running("signal"))?;
-    rooms
-        .into_iter()
-        .find(|r| r.room == room)
+    app.live
+        .room(&room)
+        .ok_or_else(|| ApiError::role_not_running("signal"))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("room"))
 }

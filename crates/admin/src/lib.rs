@@ -49,6 +49,10 @@ pub trait Live: Send + Sync + 'static {
     fn close_allocation(&self, id: u64) -> BoxFuture<'_, Option<bool>>;
     /// Live signaling rooms.
     fn rooms(&self) -> Option<Vec<RoomView>>;
+    /// Live rooms and peers, counted without listing them.
+    fn room_counts(&self) -> Option<(u64, u64)>;
+    /// One live room; `Some(None)` when it has no peers.
+    fn room(&self, room: &str) -> Option<Option<RoomView>>;
     /// Closes a room with 4009; `Some(0)` when there is no such room.
     fn close_room(&self, room: &str) -> Option<usize>;
     /// Kicks a peer with 4003; `Some(false)` when there is no such peer.

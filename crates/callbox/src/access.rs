@@ -53,7 +53,8 @@ impl Snapshot {
 
 /// Where snapshots come from and where they go.
 pub struct Access {
-    pub store: Arc<Mutex<Store>>,
+    /// `None` when the store could not be opened: the roles run on their first snapshot.
+    pub store: Option<Arc<Mutex<Store>>>,
     pub health: Arc<Health>,
     pub realm: String,
     /// `auth.secrets` from the configuration: when set, they are the secrets and the
@@ -135,8 +136,13 @@ impl Access {
             }
         }
         if let Some(signal) = &self.signal {
-            signal.set_api_keys(snap.api_keys.iter().cloned().collect());
-            signal.set_bans(snap.bans.iter().map(|(_, n)| *n).collect());
+            if snap.api_keys != prev.api_keys {
+                signal.set_api_keys(snap.api_keys.iter().cloned().collect());
+            }
+            // Installing bans sweeps every room for their addresses: only when they changed.
+            if snap.bans != prev.bans {
+                signal.set_bans(snap.bans.iter().map(|(_, n)| *n).collect());
+            }
         }
         tracing::info!(
             secrets = snap.secrets.len(),
@@ -150,7 +156,7 @@ impl Access {
     }
 
     async fn read(&self) -> Option<Snapshot> {
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.store.as_ref()?);
         let realm = self.realm.clone();
         let now = unix_now();
         let r = tokio::task::spawn_blocking(move || {
@@ -173,11 +179,13 @@ impl Access {
     }
 
     async fn prune(&self) {
+        let Some(store) = self.store.as_ref().map(Arc::clone) else {
+            return;
+        };
         if self.retention_days == 0 {
             return;
         }
         let before = unix_now() - (self.retention_days * 86_400) as i64;
-        let store = Arc::clone(&self.store);
         let r = tokio::task::spawn_blocking(move || {
             store
                 .lock()

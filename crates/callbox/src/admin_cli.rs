@@ -511,20 +511,18 @@ fn human(v: &Value) -> String {
         Value::Object(o) => {
             let mut out = String::new();
             for (k, v) in o {
-                match v {
-                    Value::Array(a) if a.iter().any(Value::is_object) => {
-                        out.push_str(&format!("{k}:\n"));
-                        for l in human(v).lines() {
-                            out.push_str(&format!("  {l}\n"));
-                        }
+                let nested = match v {
+                    Value::Array(a) => a.iter().any(Value::is_object),
+                    Value::Object(_) => true,
+                    _ => false,
+                };
+                if nested {
+                    out.push_str(&format!("{k}:\n"));
+                    for l in human(v).lines() {
+                        out.push_str(&format!("  {l}\n"));
                     }
-                    Value::Object(_) => {
-                        out.push_str(&format!("{k}:\n"));
-                        for l in human(v).lines() {
-                            out.push_str(&format!("  {l}\n"));
-                        }
-                    }
-                    _ => out.push_str(&format!("{k}: {}\n", cell(v))),
+                } else {
+                    out.push_str(&format!("{k}: {}\n", cell(v)));
                 }
             }
             out

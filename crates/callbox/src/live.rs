@@ -55,29 +55,16 @@ impl Live for LiveRoles {
 
     fn rooms(&self) -> Option<Vec<RoomView>> {
         let signal = self.signal.as_ref()?;
-        Some(
-            signal
-                .hub
-                .rooms()
-                .into_iter()
-                .map(|r| RoomView {
-                    room: r.room,
-                    peers: r
-                        .peers
-                        .into_iter()
-                        .map(|p| PeerView {
-                            peer_id: p.peer_id,
-                            address: p.addr.to_string(),
-                            connected: p.connected,
-                            joined_at: p.joined_unix,
-                            meta: p.meta,
-                            messages_in: p.messages_in,
-                            messages_out: p.messages_out,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        )
+        Some(signal.hub.rooms().into_iter().map(room_view).collect())
+    }
+
+    fn room_counts(&self) -> Option<(u64, u64)> {
+        let (rooms, peers) = self.signal.as_ref()?.hub.counts();
+        Some((rooms as u64, peers as u64))
+    }
+
+    fn room(&self, room: &str) -> Option<Option<RoomView>> {
+        Some(self.signal.as_ref()?.hub.room(room).map(room_view))
     }
 
     fn close_room(&self, room: &str) -> Option<usize> {
@@ -86,5 +73,24 @@ impl Live for LiveRoles {
 
     fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool> {
         Some(self.signal.as_ref()?.hub.kick_peer(room, peer_id))
+    }
+}
+
+fn room_view(r: callbox_signal::RoomInfo) -> RoomView {
+    RoomView {
+        room: r.room,
+        peers: r
+            .peers
+            .into_iter()
+            .map(|p| PeerView {
+                peer_id: p.peer_id,
+                address: p.addr.to_string(),
+                connected: p.connected,
+                joined_at: p.joined_unix,
+                meta: p.meta,
+                messages_in: p.messages_in,
+                messages_out: p.messages_out,
+            })
+            .collect(),
     }
 }

@@ -521,11 +521,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         None => Snapshot::default(),
     };
     let mut access = Access {
-        store: store.clone().unwrap_or_else(|| {
-            Arc::new(std::sync::Mutex::new(
-                callbox_store::Store::in_memory().expect("in-memory store"),
-            ))
-        }),
+        store: store.clone(),
         health: Arc::clone(&health),
         realm,
         config_secrets: config_secrets(&loaded),

@@ -765,20 +765,31 @@ impl Hub {
 
     /// Ends expired graces (`peer-left` with `timeout`). Call about once a second.
     pub fn tick(&self, now: Instant) {
-        let expired = |p: &Peer| p.grace_until.is_some_and(|g| g <= now);
+        self.evict_everywhere(|p| p.grace_until.is_some_and(|g| g <= now), None, "timeout");
+    }
+
+    /// Evicts, shard by shard, every peer `select` picks, in every room; returns how many.
+    fn evict_everywhere(
+        &self,
+        select: impl Fn(&Peer) -> bool,
+        close: Option<(u16, &str)>,
+        reason: &'static str,
+    ) -> usize {
+        let mut n = 0;
         for s in &self.shards {
             let mut shard = lock(s);
             let shard = &mut *shard;
             let rooms: Vec<String> = shard
                 .rooms
                 .iter()
-                .filter(|(_, r)| r.peers.iter().any(expired))
+                .filter(|(_, r)| r.peers.iter().any(&select))
                 .map(|(room, _)| room.clone())
                 .collect();
             for room in rooms {
-                self.evict(shard, &room, expired, None, "timeout");
+                n += self.evict(shard, &room, &select, close, reason);
             }
         }
+        n
     }
 
     /// Sends fresh ICE servers to a peer (periodic push and answer to `ice-servers`).
@@ -832,27 +843,7 @@ impl Hub {
     /// (connected or in grace), and returns how many. Used when bans change; `pred` runs
     /// under shard locks, so it should be a plain lookup.
     pub fn kick_addresses(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
-        let mut n = 0;
-        for s in &self.shards {
-            let mut shard = lock(s);
-            let shard = &mut *shard;
-            let rooms: Vec<String> = shard
-                .rooms
-                .iter()
-                .filter(|(_, r)| r.peers.iter().any(|p| pred(p.addr)))
-                .map(|(room, _)| room.clone())
-                .collect();
-            for room in rooms {
-                n += self.evict(
-                    shard,
-                    &room,
-                    |p| pred(p.addr),
-                    Some((4003, "banned by admin")),
-                    "kicked",
-                );
-            }
-        }
-        n
+        self.evict_everywhere(|p| pred(p.addr), Some((4003, "banned by admin")), "kicked")
     }
 
     /// Rooms with at least one peer (connected or in grace), sorted by name, for admin.
