@@ -121,7 +121,8 @@ struct Harness {
     reply: Vec<u8>,
     relay_port: u16,
     /// Ports reserved by EVEN-PORT's R bit, by token, as the driver keeps them.
-    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
+    /// Reserved ports by token, with the user whose quota unit each holds.
+    reservations: HashMap<[u8; 8], (SocketAddr, Instant, String)>,
     /// Every token handed out, so a signed request can name one.
     tokens: Vec<[u8; 8]>,
     /// Live allocations (from events) and their clients.
@@ -262,11 +263,18 @@ impl Harness {
     /// The driver's part of BindRelay and TakeReservation: binds always succeed on the
     /// next even port unless `fail`; a reserved port is kept under a fresh token.
     fn bind(&mut self, cmd: Command, fail: bool) {
-        self.reservations
-            .retain(|_, (_, at)| self.now.saturating_duration_since(*at) < RESERVATION_LIFETIME);
+        // Like the driver's timer: expired reservations give their quota unit back.
+        let (now, quotas) = (self.now, &self.quotas);
+        self.reservations.retain(|_, (_, at, user)| {
+            let keep = now.saturating_duration_since(*at) < RESERVATION_LIFETIME;
+            if !keep {
+                quotas.release(user);
+            }
+            keep
+        });
         match cmd {
             Command::BindRelay {
-                id, ip, reserve_next, ..
+                id, ip, reserve_for, ..
             } => {
                 assert!(ip.is_unspecified(), "binds on the configured address");
                 if fail {
@@ -279,11 +287,13 @@ impl Harness {
                     .filter(|p| *p < 65534)
                     .unwrap_or(49152);
                 let local = SocketAddr::new(ip, self.relay_port);
-                if reserve_next {
+                if let Some(user) = reserve_for {
                     let token = (self.tokens.len() as u64 + 1).to_be_bytes();
                     self.tokens.push(token);
-                    self.reservations
-                        .insert(token, (SocketAddr::new(ip, self.relay_port + 1), self.now));
+                    self.reservations.insert(
+                        token,
+                        (SocketAddr::new(ip, self.relay_port + 1), self.now, user),
+                    );
                     self.server
                         .relay_bound_reserved(id, Ok(local), Some(token), self.now);
                 } else {
@@ -291,7 +301,10 @@ impl Harness {
                 }
             }
             Command::TakeReservation { id, token } => {
-                let taken = self.reservations.remove(&token).map(|(addr, _)| addr);
+                let taken = self.reservations.remove(&token).map(|(addr, _, user)| {
+                    self.quotas.release(&user);
+                    addr
+                });
                 let result = if fail { Err(()) } else { taken.ok_or(()) };
                 self.server.relay_bound(id, result, self.now);
             }
@@ -306,7 +319,19 @@ impl Harness {
         assert_eq!(self.server.allocation_count(), self.live.len());
         assert_eq!(
             self.quotas.total() as usize,
-            self.live.len() + self.deferred.len(),
+            self.live.len()
+                + self.reservations.len()
+                + self
+                    .deferred
+                    .iter()
+                    .map(|c| match c {
+                        Command::BindRelay {
+                            reserve_for: Some(_),
+                            ..
+                        } => 2,
+                        _ => 1,
+                    })
+                    .sum::<usize>(),
             "quota count leaked"
         );
     }

@@ -383,6 +383,18 @@ async fn bind_turn(
             max_allocation_age: Duration::from_secs(t.max_allocation_age),
             nonce_lifetime: Duration::from_secs(u64::from(t.nonce_lifetime)),
             bandwidth_limit: t.bandwidth_limit,
+            software: t
+                .software
+                .then(|| concat!("callbox ", env!("CARGO_PKG_VERSION")).to_string()),
+            max_credential_expiry: Duration::from_secs(
+                config
+                    .auth
+                    .max_credential_ttl
+                    .saturating_add(config.auth.clock_skew),
+            ),
+            unauthenticated_rate: t.unauthenticated_rate,
+            unauthenticated_burst: t.unauthenticated_burst,
+            ipv6_prefix_len: t.ipv6_prefix_len,
             ..ServerConfig::default()
         },
         workers,
@@ -390,6 +402,8 @@ async fn bind_turn(
         credentials: Arc::new(ArcSwap::from_pointee(credentials)),
         policy: Arc::new(ArcSwap::from_pointee(policy)),
         quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
+        reservation_lifetime: Duration::from_secs(t.reservation_lifetime),
+        max_reservations: t.max_reservations,
     };
     let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
     tokio::spawn(write_history(

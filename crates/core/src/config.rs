@@ -39,6 +39,11 @@ pub struct General {
     pub log_level: String,
     /// `auto` (journald when started by systemd, else stdout), `journald`, `stdout` or `json`.
     pub log_format: LogFormat,
+    /// File descriptors kept out of every listener's connection cap, so that the relay
+    /// can still bind sockets, the store can open files and `/healthz` can answer while
+    /// the listeners are full. The soft `RLIMIT_NOFILE` is raised to the hard limit at
+    /// start; when the caps do not fit under it, the signal listener's cap is lowered.
+    pub reserved_descriptors: u64,
 }
 
 impl Default for General {
@@ -47,6 +52,7 @@ impl Default for General {
             state_dir: None,
             log_level: "info".into(),
             log_format: LogFormat::Auto,
+            reserved_descriptors: 256,
         }
     }
 }
@@ -73,6 +79,10 @@ pub struct Auth {
     pub credential_ttl: u64,
     /// Upper bound for a requested credential lifetime, in seconds.
     pub max_credential_ttl: u64,
+    /// Seconds a REST username's expiry may lie beyond `now + max_credential_ttl` (clock
+    /// difference between the minting and the verifying host). A later expiry is one that
+    /// no mint of ours made: refused with 401.
+    pub clock_skew: u64,
 }
 
 impl Default for Auth {
@@ -82,6 +92,7 @@ impl Default for Auth {
             static_users: vec![],
             credential_ttl: 86_400,
             max_credential_ttl: 7 * 86_400,
+            clock_skew: 300,
         }
     }
 }
@@ -136,6 +147,24 @@ pub struct Turn {
     pub deny_peers: Vec<Cidr>,
     /// HTTP listener for `/metrics`, `/healthz` and `/readyz` of this role.
     pub http_listen: Option<SocketAddr>,
+    /// Connections the role's HTTP listener holds at once (also per address).
+    pub http_max_connections: usize,
+    /// Milliseconds a connection to the role's HTTP listener has to send its request head.
+    pub http_header_timeout_ms: u64,
+    /// Send the SOFTWARE attribute (callbox's name and version) in every answer.
+    pub software: bool,
+    /// Answers per second per source to requests from 5-tuples without an allocation
+    /// (Binding, 401 challenges, errors): the cap on reflection from spoofed sources.
+    /// Per data path thread; 0 turns the limit off.
+    pub unauthenticated_rate: u32,
+    /// Burst of such answers a source may get at once.
+    pub unauthenticated_burst: u32,
+    /// IPv6 sources count under their first this-many bits for per-source limits.
+    pub ipv6_prefix_len: u8,
+    /// Seconds a port reserved by EVEN-PORT's R bit is kept for its RESERVATION-TOKEN.
+    pub reservation_lifetime: u64,
+    /// Reservations held at once (each holds a socket and a unit of its user's quota).
+    pub max_reservations: usize,
 }
 
 impl Default for Turn {
@@ -163,6 +192,14 @@ impl Default for Turn {
             allow_peers: vec![],
             deny_peers: vec![],
             http_listen: Some("127.0.0.1:9478".parse().expect("literal")),
+            http_max_connections: 64,
+            http_header_timeout_ms: 5000,
+            software: false,
+            unauthenticated_rate: 50,
+            unauthenticated_burst: 200,
+            ipv6_prefix_len: crate::limit_key::DEFAULT_IPV6_PREFIX,
+            reservation_lifetime: 30,
+            max_reservations: 1024,
         }
     }
 }
@@ -217,7 +254,16 @@ pub struct Signal {
     pub resume_log_bytes: usize,
     /// Bytes queued for a slow reader before it is closed with 4013.
     pub send_buffer_bytes: usize,
+    /// TCP connections one address (an IPv6 /`ipv6_prefix_len`) holds at once, counted
+    /// from accept: requests in progress, keep-alive and WebSocket connections alike.
     pub max_connections_per_address: usize,
+    /// TCP connections the listener holds at once.
+    pub max_connections: usize,
+    /// Milliseconds a connection has to send a complete request head (also between
+    /// keep-alive requests); slower ones are closed.
+    pub header_timeout_ms: u64,
+    /// IPv6 clients count under their first this-many bits for per-address limits.
+    pub ipv6_prefix_len: u8,
     /// Messages per 10-second window.
     pub rate_per_connection: u32,
     pub rate_per_address: u32,
@@ -249,6 +295,9 @@ impl Default for Signal {
             resume_log_bytes: 1 << 20,
             send_buffer_bytes: 1 << 20,
             max_connections_per_address: 50,
+            max_connections: 10_000,
+            header_timeout_ms: 5000,
+            ipv6_prefix_len: crate::limit_key::DEFAULT_IPV6_PREFIX,
             rate_per_connection: 500,
             rate_per_address: 2000,
             rate_per_room: 2000,
@@ -276,6 +325,12 @@ pub struct Admin {
     /// longest credential lifetime (`auth.max_credential_ttl`), so nothing minted before
     /// a rotation stops working early.
     pub rotation_overlap: Option<u64>,
+    /// TCP connections the admin listener holds at once.
+    pub max_connections: usize,
+    /// TCP connections one address (an IPv6 /64) holds at once.
+    pub max_connections_per_address: usize,
+    /// Milliseconds a connection has to send a complete request head.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Admin {
@@ -286,6 +341,9 @@ impl Default for Admin {
             max_body_bytes: 64 * 1024,
             auth_failures_per_minute: 10,
             rotation_overlap: None,
+            max_connections: 128,
+            max_connections_per_address: 32,
+            header_timeout_ms: 5000,
         }
     }
 }
@@ -569,6 +627,54 @@ impl Config {
                 format!("{ip} cannot be a relay address"),
             ));
         }
+        for (key, v) in [
+            ("turn.http_max_connections", t.http_max_connections as u64),
+            ("turn.reservation_lifetime", t.reservation_lifetime),
+            ("turn.max_reservations", t.max_reservations as u64),
+        ] {
+            if v == 0 {
+                p.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if t.unauthenticated_rate > 0 && t.unauthenticated_burst == 0 {
+            p.push((
+                "turn.unauthenticated_burst".into(),
+                "must be at least 1 when turn.unauthenticated_rate is set".into(),
+            ));
+        }
+        // A listener inside the relay range could be handed out as a relay port (or
+        // taken by one), and the relay could be pointed at its own listener.
+        let relay_range = t.relay_port_min..=t.relay_port_max;
+        let mut listeners: Vec<(String, SocketAddr)> = t
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("turn.listen.{i}"), *a))
+            .collect();
+        listeners.extend(t.http_listen.map(|a| ("turn.http_listen".to_string(), a)));
+        listeners.push(("signal.listen".into(), self.signal.listen));
+        listeners.push(("admin.listen".into(), self.admin.listen));
+        for (key, addr) in listeners {
+            if addr.port() != 0 && relay_range.contains(&addr.port()) {
+                p.push((
+                    key,
+                    format!(
+                        "port {} is inside the relay port range turn.relay_port_min..turn.relay_port_max ({}-{}); move one of them",
+                        addr.port(),
+                        t.relay_port_min,
+                        t.relay_port_max
+                    ),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("turn.ipv6_prefix_len", t.ipv6_prefix_len),
+            ("signal.ipv6_prefix_len", self.signal.ipv6_prefix_len),
+        ] {
+            if v == 0 || v > 128 {
+                p.push((key.into(), "must be 1..=128".into()));
+            }
+        }
         let sg = &self.signal;
         let uses_jwt = sg.auth == AuthMode::Jwt || sg.ice_auth == AuthMode::Jwt;
         if uses_jwt && sg.jwt_secret.is_none() {
@@ -615,6 +721,12 @@ impl Config {
                 "signal.http_rate_per_address",
                 u64::from(sg.http_rate_per_address),
             ),
+            ("signal.max_connections", sg.max_connections as u64),
+            ("admin.max_connections", self.admin.max_connections as u64),
+            (
+                "admin.max_connections_per_address",
+                self.admin.max_connections_per_address as u64,
+            ),
         ] {
             if v == 0 {
                 p.push((key.into(), "must be at least 1".into()));
@@ -625,6 +737,15 @@ impl Config {
         }
         if sg.heartbeat_ms < 100 {
             p.push(("signal.heartbeat_ms".into(), "must be at least 100".into()));
+        }
+        for (key, v) in [
+            ("signal.header_timeout_ms", sg.header_timeout_ms),
+            ("admin.header_timeout_ms", self.admin.header_timeout_ms),
+            ("turn.http_header_timeout_ms", t.http_header_timeout_ms),
+        ] {
+            if v < 100 {
+                p.push((key.into(), "must be at least 100".into()));
+            }
         }
         for (i, o) in sg.allowed_origins.iter().enumerate() {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
@@ -832,6 +953,24 @@ mod tests {
         );
         assert_eq!(e.key.as_deref(), Some("turn.user_qota"));
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_listener_inside_the_relay_range_names_both_keys() {
+        let text = "[turn]\nlisten = [\"0.0.0.0:3478\", \"127.0.0.1:50000\"]\nhttp_listen = \"127.0.0.1:0\"\n[signal]\nlisten = \"0.0.0.0:49152\"\n";
+        let errs = Config::load(Some(&file(text)), &[]).unwrap_err();
+        let keys: Vec<&str> = errs.iter().filter_map(|e| e.key.as_deref()).collect();
+        assert_eq!(keys, ["turn.listen.1", "signal.listen"], "{errs:?}");
+        for e in &errs {
+            assert!(
+                e.message
+                    .contains("turn.relay_port_min..turn.relay_port_max (49152-65535)"),
+                "{e}"
+            );
+        }
+        // Moving the range clears it; port 0 (any free port) is never refused.
+        let ok = "[turn]\nrelay_port_min = 20000\nrelay_port_max = 30000\nlisten = [\"127.0.0.1:50000\"]\nhttp_listen = \"127.0.0.1:0\"\n";
+        assert!(Config::load(Some(&file(ok)), &[]).is_ok());
     }
 
     #[test]

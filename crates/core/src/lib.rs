@@ -9,10 +9,12 @@ pub mod credentials;
 pub mod http1;
 pub mod ice;
 pub mod jwt;
+pub mod limit_key;
 pub mod policy;
 pub mod secret;
 
 pub use config::Config;
 pub use credentials::{RestUsername, SecretSet};
-pub use policy::{Cidr, PeerPolicy};
+pub use limit_key::limit_key;
+pub use policy::{Cidr, Peer, PeerPolicy};
 pub use secret::Secret;

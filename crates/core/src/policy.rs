@@ -2,9 +2,11 @@
 //!
 //! Order of the rules, first match wins:
 //! 1. an address in `deny` is refused;
-//! 2. one of the server's relay addresses on a port of the relay range is allowed: that is
-//!    another allocation on this server (two peers relayed by the same TURN server, the
-//!    usual case with `iceTransportPolicy: "relay"`), not a service of the host;
+//! 2. one of the server's relay addresses on a port of the relay range is
+//!    [`Peer::OwnRelay`]: allowed only when the caller finds a live allocation of this
+//!    server on that port (two peers relayed by the same TURN server, the usual case with
+//!    `iceTransportPolicy: "relay"`); a plain service of the host bound in the range is
+//!    not one and is refused;
 //! 3. the server's own addresses (and loopback) are refused on its service ports
 //!    (listeners, metrics), even where `allow` covers the address;
 //! 4. an address in `allow` is allowed;
@@ -13,7 +15,10 @@
 //! 6. everything else is allowed.
 //!
 //! IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible forms are judged as the IPv4 address
-//! they carry, so no IPv6 spelling reaches a denied IPv4 range.
+//! they carry, so no IPv6 spelling reaches a denied IPv4 range. A 6to4 address
+//! (`2002:AABB:CCDD::/48`) is refused when the IPv4 address it embeds would be; Teredo
+//! (`2001::/32`) and the deprecated site-local `fec0::/10` are refused by default (an
+//! `allow` entry can re-open them).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -76,7 +81,7 @@ impl Cidr {
     }
 }
 
-fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+pub(crate) fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
@@ -183,8 +188,13 @@ pub const DEFAULT_DENIED: &[&str] = &[
     "::1/128",
     "64:ff9b::/96",
     "64:ff9b:1::/48",
+    // Teredo: the client's IPv4 address is carried obfuscated and reached through
+    // third-party relays; browsers do not use these addresses as candidates.
+    "2001::/32",
     "fc00::/7",
     "fe80::/10",
+    // Site-local (deprecated by RFC 3879, still routed inside some networks).
+    "fec0::/10",
     "ff00::/8",
 ];
 
@@ -199,6 +209,28 @@ pub enum Denial {
     DefaultDenied,
     /// Port 0 is never a valid peer.
     PortZero,
+}
+
+/// What kind of allowed peer an address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// An ordinary peer.
+    Remote,
+    /// One of the relay's own addresses on a port of the relay range: allowed only when
+    /// that port is held by a live allocation of this server, which the caller checks
+    /// (the policy knows addresses, not allocations).
+    OwnRelay,
+}
+
+/// The IPv4 address a 6to4 address (`2002:AABB:CCDD::/48`) embeds.
+fn six_to_four(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => {
+            let s = v6.segments();
+            Some(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])))
+        }
+        _ => None,
+    }
 }
 
 /// The relay's peer address policy. Cheap to check: it is consulted on every packet the
@@ -248,7 +280,14 @@ impl PeerPolicy {
         Self::new(vec![], vec![], vec![], vec![])
     }
 
-    pub fn check(&self, peer: SocketAddr) -> Result<(), Denial> {
+    /// Whether `peer` is one of the relay's own addresses on a port of the relay range
+    /// (cheap: a scan of the few relay addresses).
+    pub fn is_own_relay(&self, peer: SocketAddr) -> bool {
+        let (lo, hi) = self.relay_ports;
+        (lo..=hi).contains(&peer.port()) && self.relay_addresses.contains(&canonical(peer.ip()))
+    }
+
+    pub fn check(&self, peer: SocketAddr) -> Result<Peer, Denial> {
         if peer.port() == 0 {
             return Err(Denial::PortZero);
         }
@@ -256,9 +295,16 @@ impl PeerPolicy {
         if self.deny.iter().any(|c| c.contains(ip)) {
             return Err(Denial::Denied);
         }
-        let (lo, hi) = self.relay_ports;
-        if self.relay_addresses.contains(&ip) && (lo..=hi).contains(&peer.port()) {
-            return Ok(());
+        // A 6to4 address reaches the IPv4 address it embeds (through a 6to4 relay, or
+        // directly on a host with a 6to4 route): it gets no more than that address would.
+        // Our own relay ports are reached by their own addresses only.
+        if let Some(v4) = six_to_four(ip)
+            && self.check(SocketAddr::new(IpAddr::V4(v4), peer.port()))? == Peer::OwnRelay
+        {
+            return Err(Denial::OwnAddress);
+        }
+        if self.is_own_relay(peer) {
+            return Ok(Peer::OwnRelay);
         }
         // Loopback and the unspecified address always reach this host.
         let own = self.own_addresses.contains(&ip) || ip.is_loopback() || ip.is_unspecified();
@@ -270,7 +316,7 @@ impl PeerPolicy {
             return Err(Denial::OwnAddress);
         }
         if self.allow.iter().any(|c| c.contains(ip)) {
-            return Ok(());
+            return Ok(Peer::Remote);
         }
         if own {
             return Err(Denial::OwnAddress);
@@ -278,7 +324,7 @@ impl PeerPolicy {
         if self.default_denied.iter().any(|c| c.contains(ip)) {
             return Err(Denial::DefaultDenied);
         }
-        Ok(())
+        Ok(Peer::Remote)
     }
 }
 
@@ -346,11 +392,25 @@ mod tests {
             "[::127.0.0.1]:5000",
             "[64:ff9b::a9fe:a9fe]:80",
             "[::]:5000",
+            // 6to4 of denied IPv4 ranges, Teredo, site-local.
+            "[2002:a9fe:a9fe::]:80",
+            "[2002:7f00:1::1]:5000",
+            "[2002:a00:1::]:5000",
+            "[2002:c0a8:101:1::5]:5000",
+            "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:5000",
+            "[fec0::1]:5000",
+            "[feff::1]:5000",
         ] {
             assert!(p.check(sa(peer)).is_err(), "{peer} must be refused");
         }
-        for peer in ["8.8.8.8:53", "[2001:4860:4860::8888]:53", "198.51.100.7:4000"] {
-            assert_eq!(p.check(sa(peer)), Ok(()), "{peer}");
+        for peer in [
+            "8.8.8.8:53",
+            "[2001:4860:4860::8888]:53",
+            "198.51.100.7:4000",
+            // 6to4 of a public IPv4 address.
+            "[2002:808:808::1]:53",
+        ] {
+            assert_eq!(p.check(sa(peer)), Ok(Peer::Remote), "{peer}");
         }
         assert_eq!(p.check(sa("8.8.8.8:0")), Err(Denial::PortZero));
     }
@@ -363,25 +423,33 @@ mod tests {
             vec!["127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap()],
             vec![(3478, 3478), (49152, 65535)],
         );
-        assert_eq!(p.check(sa("127.0.0.1:4000")), Ok(()));
-        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:4000")), Ok(()));
-        assert_eq!(p.check(sa("10.1.1.1:4000")), Ok(()));
+        assert_eq!(p.check(sa("127.0.0.1:4000")), Ok(Peer::Remote));
+        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:4000")), Ok(Peer::Remote));
+        assert_eq!(p.check(sa("10.1.1.1:4000")), Ok(Peer::Remote));
+        // The 6to4 form of an allowed IPv4 network gets what the network gets.
+        assert_eq!(p.check(sa("[2002:a01:101::]:4000")), Ok(Peer::Remote));
+        assert_eq!(p.check(sa("[2002:a09:101::]:4000")), Err(Denial::Denied));
+        assert_eq!(p.check(sa("[2002:808:808::]:53")), Err(Denial::Denied));
         assert_eq!(p.check(sa("10.9.1.1:4000")), Err(Denial::Denied));
         assert_eq!(p.check(sa("8.8.8.8:53")), Err(Denial::Denied));
         // The relay never relays to its own services, even where the address is allowed.
         assert_eq!(p.check(sa("127.0.0.1:3478")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("127.0.0.1:50000")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("203.0.113.5:4000")), Err(Denial::OwnAddress));
-        assert_eq!(p.check(sa("203.0.113.6:4000")), Ok(()));
-        // Its relay addresses on the relay range are other allocations: allowed, even on a
-        // default-denied range; anywhere else on them, refused.
+        assert_eq!(p.check(sa("203.0.113.6:4000")), Ok(Peer::Remote));
+        // Its relay addresses on the relay range may be other allocations (the caller
+        // checks that the port is one), even on a default-denied range; anywhere else on
+        // them, refused.
         let p = p.with_relays(
             vec!["10.0.0.5".parse().unwrap(), "203.0.113.5".parse().unwrap()],
             (49152, 65535),
         );
-        assert_eq!(p.check(sa("203.0.113.5:50000")), Ok(()));
-        assert_eq!(p.check(sa("10.0.0.5:50000")), Ok(()));
-        assert_eq!(p.check(sa("[::ffff:203.0.113.5]:50000")), Ok(()));
+        assert_eq!(p.check(sa("203.0.113.5:50000")), Ok(Peer::OwnRelay));
+        assert_eq!(p.check(sa("10.0.0.5:50000")), Ok(Peer::OwnRelay));
+        assert_eq!(p.check(sa("[::ffff:203.0.113.5]:50000")), Ok(Peer::OwnRelay));
+        assert!(p.is_own_relay(sa("[::ffff:203.0.113.5]:50000")));
+        assert!(!p.is_own_relay(sa("203.0.113.5:3478")));
+        assert_eq!(p.check(sa("[2002:cb00:7105::]:50000")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("203.0.113.5:3478")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("203.0.113.5:22")), Err(Denial::OwnAddress));
         assert_eq!(p.check(sa("127.0.0.1:50000")), Err(Denial::OwnAddress));

@@ -5,7 +5,10 @@
 //! out what comes back; tests drive the same code on simulated time.
 
 pub mod nonce;
+pub mod relay_ports;
 pub mod server;
+pub mod source_limit;
 pub mod stun;
 
+pub use relay_ports::RelayPorts;
 pub use server::{AllocId, AllocationInfo, ClientAction, Command, Event, PeerAction, Server, ServerConfig};

@@ -48,6 +48,18 @@ fn mac(key: &[u8; 32], issued: u64, client: &SocketAddr) -> [u8; 20] {
     m.finalize().into_bytes().into()
 }
 
+/// A key for another use of the server's secret (`purpose` names it), so one random key
+/// given at start serves every keyed hash of the server.
+pub fn derive_key(key: &[u8; 32], purpose: &[u8]) -> [u64; 2] {
+    let mut m = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key");
+    m.update(purpose);
+    let out: [u8; 20] = m.finalize().into_bytes().into();
+    [
+        u64::from_be_bytes(out[..8].try_into().expect("8 bytes")),
+        u64::from_be_bytes(out[8..16].try_into().expect("8 bytes")),
+    ]
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl NonceMaker {

@@ -26,9 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callbox_core::credentials::{LongTermKey, RestUsername, SecretSet};
-use callbox_core::policy::{Cidr, Denial, PeerPolicy};
+use callbox_core::policy::{Cidr, Denial, Peer, PeerPolicy};
 
 use crate::nonce::{NonceCheck, NonceMaker};
+use crate::relay_ports::RelayPorts;
+use crate::source_limit::SourceLimiter;
 use crate::stun::{self, Class, Message, MessageBuilder, TransactionId, attr, method, parse_channel_data};
 
 /// Headroom the driver must leave in front of a peer payload so the server can write a
@@ -42,7 +44,8 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_PERMISSIONS: usize = 128;
 const MAX_CHANNELS: usize = 128;
-/// How long a port reserved by EVEN-PORT's R bit is kept (RFC 8656 suggests 30 s).
+/// How long a port reserved by EVEN-PORT's R bit is kept by default (RFC 8656 suggests
+/// 30 s); the driver keeps reservations and expires them.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const UDP: u8 = 17;
 
@@ -93,6 +96,15 @@ pub struct ServerConfig {
     pub nonce_lifetime: Duration,
     /// Bytes per second per allocation and direction; 0 = unlimited.
     pub bandwidth_limit: u64,
+    /// A REST username whose expiry lies further than this beyond now was not minted
+    /// by any mint of ours (`auth.max_credential_ttl` plus the clock skew): 401.
+    pub max_credential_expiry: Duration,
+    /// Answers per second per source to requests from 5-tuples without an allocation;
+    /// 0 = unlimited.
+    pub unauthenticated_rate: u32,
+    pub unauthenticated_burst: u32,
+    /// IPv6 sources count under this prefix for per-source limits.
+    pub ipv6_prefix_len: u8,
     /// High bits of allocation ids made by this shard.
     pub shard: u16,
 }
@@ -101,7 +113,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             realm: "callbox".into(),
-            software: Some(concat!("callbox ", env!("CARGO_PKG_VERSION")).into()),
+            // Off by default: 17 bytes on every answer make reflection worth more.
+            software: None,
             relay_v4: None,
             relay_v6: None,
             default_lifetime: Duration::from_secs(600),
@@ -109,6 +122,10 @@ impl Default for ServerConfig {
             max_allocation_age: Duration::from_secs(86_400),
             nonce_lifetime: Duration::from_secs(600),
             bandwidth_limit: 0,
+            max_credential_expiry: Duration::from_secs(7 * 86_400 + 300),
+            unauthenticated_rate: 50,
+            unauthenticated_burst: 200,
+            ipv6_prefix_len: 64,
             shard: 0,
         }
     }
@@ -159,7 +176,8 @@ impl Quotas {
         self.total.load(Ordering::Relaxed)
     }
 
-    fn acquire(&self, user: &str) -> Result<(), QuotaError> {
+    /// Counts one allocation (or reservation) of `user`.
+    pub fn acquire(&self, user: &str) -> Result<(), QuotaError> {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let n = per_user.get(user).copied().unwrap_or(0);
         if n >= self.max_per_user {
@@ -178,7 +196,8 @@ impl Quotas {
         Ok(())
     }
 
-    fn release(&self, user: &str) {
+    /// Gives back what [`Quotas::acquire`] counted.
+    pub fn release(&self, user: &str) {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_user.get_mut(user) {
             *n -= 1;
@@ -260,10 +279,12 @@ pub enum Command {
         id: AllocId,
         ip: IpAddr,
         even_port: bool,
-        /// EVEN-PORT with the R bit: also bind the next port, keep it for
-        /// [`RESERVATION_LIFETIME`] under a token, and answer with
-        /// [`Server::relay_bound_reserved`].
-        reserve_next: bool,
+        /// EVEN-PORT with the R bit: also bind the next port, keep it for the reservation
+        /// lifetime under a token, and answer with [`Server::relay_bound_reserved`]. The
+        /// reservation holds one unit of this user's quota (already counted): the driver
+        /// gives it back with [`Quotas::release`] when the reservation is taken or
+        /// expires, and the server does when no token is made.
+        reserve_for: Option<String>,
     },
     /// Take the socket reserved under `token` (by any shard) for allocation `id`, then call
     /// [`Server::relay_bound`] (`Err` when the token is unknown or expired).
@@ -312,10 +333,12 @@ pub enum AuthFailure {
     Expired,
     WrongCredentials,
     BadRequest,
+    /// A REST username that expires further ahead than any of our mints would make.
+    ExpiryTooFar,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 7] = [
+    pub const ALL: [AuthFailure; 8] = [
         AuthFailure::Challenge,
         AuthFailure::Stale,
         AuthFailure::UnknownUser,
@@ -323,6 +346,7 @@ impl AuthFailure {
         AuthFailure::Expired,
         AuthFailure::WrongCredentials,
         AuthFailure::BadRequest,
+        AuthFailure::ExpiryTooFar,
     ];
 
     pub fn label(self) -> &'static str {
@@ -334,6 +358,7 @@ impl AuthFailure {
             AuthFailure::Expired => "expired",
             AuthFailure::WrongCredentials => "wrong_credentials",
             AuthFailure::BadRequest => "bad_request",
+            AuthFailure::ExpiryTooFar => "expiry_too_far",
         }
     }
 }
@@ -343,7 +368,7 @@ impl AuthFailure {
 pub struct Stats {
     pub traffic: Traffic,
     pub binding_requests: u64,
-    pub auth_failures: [u64; 7],
+    pub auth_failures: [u64; AuthFailure::ALL.len()],
     pub denied_peers: u64,
     pub quota_user: u64,
     pub quota_total: u64,
@@ -352,6 +377,9 @@ pub struct Stats {
     pub bandwidth_drops: u64,
     /// Allocates refused because the client address is in [`Credentials::banned`].
     pub allocate_banned: u64,
+    /// Requests from 5-tuples without an allocation left unanswered because their
+    /// source was past its answer budget (reflection limit).
+    pub unauthenticated_drops: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -432,6 +460,8 @@ struct Pending {
     lifetime: Duration,
     fingerprint: bool,
     family: Family,
+    /// The Allocate asked for a reservation, which holds a second unit of the quota.
+    reserving: bool,
 }
 
 struct Authenticated {
@@ -449,6 +479,8 @@ pub struct Server {
     creds: Arc<Credentials>,
     policy: Arc<PeerPolicy>,
     quotas: Arc<Quotas>,
+    relay_ports: Arc<RelayPorts>,
+    unauthenticated: SourceLimiter,
     allocations: HashMap<AllocId, Allocation>,
     by_client: HashMap<SocketAddr, AllocId>,
     pending: HashMap<AllocId, Pending>,
@@ -473,14 +505,23 @@ impl Server {
         quotas: Arc<Quotas>,
         now: Instant,
     ) -> Self {
+        let limiter_key = crate::nonce::derive_key(&nonce_key, b"source-limit");
         Self {
             next_id: u64::from(cfg.shard) << 48,
+            unauthenticated: SourceLimiter::new(
+                cfg.unauthenticated_rate,
+                cfg.unauthenticated_burst,
+                cfg.ipv6_prefix_len,
+                limiter_key,
+                now,
+            ),
             cfg,
             nonces: NonceMaker::new(nonce_key),
             epoch: now,
             creds,
             policy,
             quotas,
+            relay_ports: Arc::new(RelayPorts::new()),
             allocations: HashMap::new(),
             by_client: HashMap::new(),
             pending: HashMap::new(),
@@ -490,6 +531,13 @@ impl Server {
             stats: Stats::default(),
             next_sweep: now + SWEEP_INTERVAL,
         }
+    }
+
+    /// Shares the registry of live relay ports with the other shards of the process (by
+    /// default each server has its own).
+    pub fn with_relay_ports(mut self, ports: Arc<RelayPorts>) -> Self {
+        self.relay_ports = ports;
+        self
     }
 
     pub fn set_credentials(&mut self, creds: Arc<Credentials>) {
@@ -588,7 +636,7 @@ impl Server {
         let peer = ch.peer;
         Self::relay_to_peer(
             &self.cfg,
-            &self.policy,
+            (&self.policy, &self.relay_ports),
             &mut self.stats,
             id,
             alloc,
@@ -601,7 +649,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn relay_to_peer<'a>(
         cfg: &ServerConfig,
-        policy: &PeerPolicy,
+        (policy, relay_ports): (&PeerPolicy, &RelayPorts),
         stats: &mut Stats,
         id: AllocId,
         alloc: &mut Allocation,
@@ -613,8 +661,10 @@ impl Server {
             stats.dropped_packets += 1;
             return ClientAction::None;
         }
-        // Checked on every packet, not only at CreatePermission: the policy can change.
-        if policy.check(peer).is_err() {
+        // Checked on every packet, not only at CreatePermission: the policy can change,
+        // and so can which relay ports are allocations (a permission is per address, so
+        // a Send indication may name any port of it).
+        if permitted_peer(policy, relay_ports, peer).is_err() {
             stats.denied_peers += 1;
             return ClientAction::None;
         }
@@ -646,6 +696,13 @@ impl Server {
                 ClientAction::None
             }
             Class::Request => {
+                // A request from a 5-tuple without an allocation is answered without
+                // integrity (Binding, 401, errors) or starts one: spoofable, so each
+                // source gets a bounded number of answers.
+                if !self.by_client.contains_key(&from) && !self.unauthenticated.allow(from.ip(), now) {
+                    self.stats.unauthenticated_drops += 1;
+                    return ClientAction::None;
+                }
                 if !msg.unknown_required().is_empty() {
                     let mut unknown = [0u8; 16];
                     let list = msg.unknown_required();
@@ -709,7 +766,7 @@ impl Server {
         }
         Self::relay_to_peer(
             &self.cfg,
-            &self.policy,
+            (&self.policy, &self.relay_ports),
             &mut self.stats,
             id,
             alloc,
@@ -736,6 +793,12 @@ impl Server {
         };
         if alloc.expires <= now || !alloc.permitted(from.ip(), now) {
             self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        }
+        // From our own relay address: only another allocation may talk to a client, not
+        // a host service bound in the relay range.
+        if self.policy.is_own_relay(from) && !self.relay_ports.contains(from) {
+            self.stats.denied_peers += 1;
             return PeerAction::Drop;
         }
         if self.cfg.bandwidth_limit > 0
@@ -914,6 +977,11 @@ impl Server {
                 self.challenge(reply, msg, from, 401, now, AuthFailure::Expired);
                 return Err(());
             }
+            if check_expiry && rest.expiry > unix_now.saturating_add(self.cfg.max_credential_expiry.as_secs())
+            {
+                self.challenge(reply, msg, from, 401, now, AuthFailure::ExpiryTooFar);
+                return Err(());
+            }
             let user = if rest.user.is_empty() { username } else { rest.user };
             return Ok(Authenticated {
                 username: username.to_string(),
@@ -938,6 +1006,8 @@ impl Server {
         }
     }
 
+    /// RFC 8656 lets the server choose: a request below the default lifetime gets the
+    /// default (a shorter one only costs refreshes), above the maximum the maximum.
     fn clamp_lifetime(&self, requested: Option<u32>) -> Duration {
         match requested {
             None => self.cfg.default_lifetime,
@@ -1051,7 +1121,17 @@ impl Server {
             }
         };
         let lifetime = lifetime.min(self.cfg.max_allocation_age);
-        if let Err(q) = self.quotas.acquire(&auth.user) {
+        // A reservation holds a socket like an allocation does, so it counts like one.
+        let quota = self.quotas.acquire(&auth.user).and_then(|()| {
+            if reserve_next {
+                self.quotas
+                    .acquire(&auth.user)
+                    .inspect_err(|_| self.quotas.release(&auth.user))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(q) = quota {
             let (code, reason) = match q {
                 QuotaError::User => {
                     self.stats.quota_user += 1;
@@ -1078,6 +1158,7 @@ impl Server {
                 lifetime,
                 fingerprint: msg.has_fingerprint(),
                 family,
+                reserving: reserve_next,
             },
         );
         self.by_client.insert(from, id);
@@ -1087,7 +1168,7 @@ impl Server {
                 id,
                 ip: relay_ip.bind,
                 even_port,
-                reserve_next,
+                reserve_for: reserve_next.then(|| self.pending[&id].user.clone()),
             },
         });
         Ok(())
@@ -1144,6 +1225,11 @@ impl Server {
             }
             return;
         };
+        // The reservation's unit of quota now belongs to the driver's reservation (it
+        // gives it back when the token is taken or expires), or to nobody.
+        if p.reserving && (reservation.is_none() || bound.is_err()) {
+            self.quotas.release(&p.user);
+        }
         let mut reply = Vec::new();
         // A reserved socket may be of another family than the Allocate asked for (the
         // request with a token names none): the bound address decides.
@@ -1155,6 +1241,7 @@ impl Server {
         match (bound, relay_cfg) {
             (Ok(local), Some(relay_cfg)) => {
                 let relay = SocketAddr::new(relay_cfg.advertise, local.port());
+                self.relay_ports.insert(relay);
                 self.allocate_success(
                     &mut reply,
                     p.tid,
@@ -1289,7 +1376,7 @@ impl Server {
             self.error(reply, msg, 443, "Peer Address Family Mismatch", Some(key));
             return Err(());
         }
-        if let Err(d) = self.policy.check(peer) {
+        if let Err(d) = permitted_peer(&self.policy, &self.relay_ports, peer) {
             self.stats.denied_peers += 1;
             let reason = match d {
                 Denial::Denied | Denial::DefaultDenied | Denial::OwnAddress => {
@@ -1460,6 +1547,7 @@ impl Server {
         if let Some(a) = self.allocations.remove(&id) {
             self.by_client.remove(&a.client);
             self.quotas.release(&a.user);
+            self.relay_ports.remove(a.relay);
             self.commands.push_back(Command::CloseRelay { id });
             self.events.push_back(Event::Closed {
                 id,
@@ -1568,6 +1656,16 @@ impl Server {
             a.permissions.retain(|(_, exp)| *exp > now);
             a.channels.retain(|c| c.expires > now);
         }
+    }
+}
+
+/// The peer policy, with its own-relay case settled: allowed only where a live allocation
+/// of this server holds the port.
+fn permitted_peer(policy: &PeerPolicy, relay_ports: &RelayPorts, peer: SocketAddr) -> Result<(), Denial> {
+    match policy.check(peer)? {
+        Peer::Remote => Ok(()),
+        Peer::OwnRelay if relay_ports.contains(peer) => Ok(()),
+        Peer::OwnRelay => Err(Denial::OwnAddress),
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod metrics;
 pub mod net;
+pub mod reservations;
 mod worker;
 
 use std::io;
@@ -31,9 +32,10 @@ use axum::routing::get;
 use callbox_core::{Cidr, PeerPolicy};
 use tokio::sync::oneshot;
 use turn_proto::server::{Credentials, Quotas, ServerConfig};
-use turn_proto::{AllocId, AllocationInfo, Event, Server};
+use turn_proto::{AllocId, AllocationInfo, Event, RelayPorts, Server};
 
 pub use metrics::Metrics;
+pub use reservations::Reservations;
 pub use worker::Control;
 use worker::{Worker, WorkerHandle, WorkerParts};
 
@@ -42,60 +44,6 @@ use worker::{Worker, WorkerHandle, WorkerParts};
 pub struct EventRecord {
     pub unix_time: u64,
     pub event: Event,
-}
-
-/// Ports reserved by EVEN-PORT's R bit, shared by the workers: the Allocate that takes a
-/// reservation comes from another 5-tuple, which the kernel may hash to another worker.
-/// Touched only by such Allocates; bounded in size and in time.
-#[derive(Debug)]
-pub struct Reservations {
-    map: std::sync::Mutex<std::collections::HashMap<[u8; 8], (std::net::UdpSocket, std::time::Instant)>>,
-}
-
-/// Most reservations held at once; past it, Allocates with the R bit get no token.
-pub const MAX_RESERVATIONS: usize = 1024;
-
-impl Reservations {
-    pub fn new() -> Self {
-        Self {
-            map: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Keeps `sock` and returns its token, or `None` when the table is full.
-    pub fn insert(&self, sock: std::net::UdpSocket, now: std::time::Instant) -> Option<[u8; 8]> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (_, expires)| *expires > now);
-        if map.len() >= MAX_RESERVATIONS {
-            return None;
-        }
-        let token: [u8; 8] = rand::random();
-        map.insert(token, (sock, now + turn_proto::server::RESERVATION_LIFETIME));
-        Some(token)
-    }
-
-    /// Takes the socket reserved under `token`, if it has not expired.
-    pub fn take(&self, token: &[u8; 8], now: std::time::Instant) -> Option<std::net::UdpSocket> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.remove(token) {
-            Some((sock, expires)) if expires > now => Some(sock),
-            _ => None,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Default for Reservations {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Capacity of the event channel; events past it are dropped and counted.
@@ -111,6 +59,9 @@ pub struct TurnSettings {
     pub credentials: Arc<ArcSwap<Credentials>>,
     pub policy: Arc<ArcSwap<PeerPolicy>>,
     pub quotas: Arc<Quotas>,
+    /// How long an EVEN-PORT reservation is kept, and how many are held at once.
+    pub reservation_lifetime: Duration,
+    pub max_reservations: usize,
 }
 
 /// The bound UDP listeners: for each address, one socket per worker.
@@ -311,7 +262,12 @@ impl TurnRole {
             }
         }
         let now = std::time::Instant::now();
-        let reservations = Arc::new(Reservations::new());
+        let reservations = Arc::new(Reservations::new(
+            Arc::clone(&settings.quotas),
+            settings.reservation_lifetime,
+            settings.max_reservations,
+        ));
+        let relay_ports = Arc::new(RelayPorts::new());
         let mut workers = Vec::new();
         let mut handles = Vec::new();
         for (index, sockets) in per_worker.into_iter().enumerate() {
@@ -324,7 +280,8 @@ impl TurnRole {
                 settings.policy.load_full(),
                 Arc::clone(&settings.quotas),
                 now,
-            );
+            )
+            .with_relay_ports(Arc::clone(&relay_ports));
             let (w, h) = Worker::new(WorkerParts {
                 index,
                 server,

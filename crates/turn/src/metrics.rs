@@ -16,7 +16,7 @@ pub struct WorkerSlot {
     packets_to_client: AtomicU64,
     bytes_to_client: AtomicU64,
     binding_requests: AtomicU64,
-    auth_failures: [AtomicU64; 7],
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     denied_peers: AtomicU64,
     quota_user: AtomicU64,
     quota_total: AtomicU64,
@@ -25,6 +25,7 @@ pub struct WorkerSlot {
     dropped_packets: AtomicU64,
     bandwidth_drops: AtomicU64,
     allocate_banned: AtomicU64,
+    unauthenticated_drops: AtomicU64,
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
 }
@@ -48,6 +49,7 @@ impl WorkerSlot {
         self.dropped_packets.store(s.dropped_packets, Relaxed);
         self.bandwidth_drops.store(s.bandwidth_drops, Relaxed);
         self.allocate_banned.store(s.allocate_banned, Relaxed);
+        self.unauthenticated_drops.store(s.unauthenticated_drops, Relaxed);
         self.send_drops.store(send_drops, Relaxed);
         self.relay_bind_failures.store(relay_bind_failures, Relaxed);
     }
@@ -167,6 +169,12 @@ impl Metrics {
             "counter",
             "Allocate requests refused (403) because the client address is banned.",
             &[("", self.sum(|w| &w.allocate_banned))],
+        );
+        metric(
+            "turn_unauthenticated_drops_total",
+            "counter",
+            "Requests from 5-tuples without an allocation left unanswered: their source was past turn.unauthenticated_rate (reflection limit).",
+            &[("", self.sum(|w| &w.unauthenticated_drops))],
         );
         metric(
             "turn_dropped_packets_total",

@@ -102,6 +102,7 @@ pub(crate) struct Worker {
     reservations: Arc<Reservations>,
     send_drops: u64,
     relay_bind_failures: u64,
+    next_reservation_sweep: Instant,
 }
 
 // SAFETY: the raw pointers are only compared, never dereferenced; they identify the
@@ -120,6 +121,9 @@ pub(crate) struct WorkerParts {
     pub metrics: Arc<Metrics>,
     pub reservations: Arc<Reservations>,
 }
+
+/// How often expired EVEN-PORT reservations are closed.
+const RESERVATION_SWEEP: Duration = Duration::from_secs(1);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -166,6 +170,7 @@ impl Worker {
             reservations: p.reservations,
             send_drops: 0,
             relay_bind_failures: 0,
+            next_reservation_sweep: Instant::now(),
         };
         Ok((worker, WorkerHandle { waker, control: tx }))
     }
@@ -218,6 +223,12 @@ impl Worker {
     fn housekeeping(&mut self) {
         let now = Instant::now();
         self.server.handle_timeout(now);
+        // Expired reservations are closed on a timer, not only when the next one is made
+        // (their sockets and quota units must not wait for traffic). One worker does it.
+        if self.index == 0 && now >= self.next_reservation_sweep {
+            self.next_reservation_sweep = now + RESERVATION_SWEEP;
+            self.reservations.sweep(now);
+        }
         self.run_commands(0, now);
         self.load_snapshots();
         self.forward_events();
@@ -415,10 +426,12 @@ impl Worker {
                     id,
                     ip,
                     even_port,
-                    reserve_next,
-                } => match self.bind_relay(ip, even_port || reserve_next, reserve_next) {
+                    reserve_for,
+                } => match self.bind_relay(ip, even_port || reserve_for.is_some(), reserve_for.is_some()) {
                     Ok((sock, reserved)) => {
-                        let token = reserved.and_then(|r| self.reservations.insert(r, now));
+                        let token = reserved
+                            .zip(reserve_for.as_deref())
+                            .and_then(|(r, user)| self.reservations.insert(r, user, now));
                         self.install_relay(id, sock, li, token, now);
                     }
                     Err(e) => {

@@ -59,6 +59,8 @@ fn start() -> Relay {
             vec![(addr.port(), addr.port())],
         ))),
         quotas: Arc::new(Quotas::new(100, 10)),
+        reservation_lifetime: turn_proto::server::RESERVATION_LIFETIME,
+        max_reservations: 1024,
     };
     let (role, events) = TurnRole::new(settings, listeners, [7; 32]).unwrap();
     let control = role.control();

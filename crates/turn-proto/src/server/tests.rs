@@ -13,6 +13,8 @@ struct Harness {
     now: Instant,
     reply: Vec<u8>,
     relay_port: u16,
+    /// The user whose quota the one reservation the harness keeps ([7; 8]) holds.
+    reserved_for: Option<String>,
 }
 
 fn secrets() -> SecretSet {
@@ -51,6 +53,7 @@ impl Harness {
             now,
             reply: Vec::new(),
             relay_port: 50000,
+            reserved_for: None,
         }
     }
 
@@ -87,16 +90,24 @@ impl Harness {
         while let Some(cmd) = self.server.next_command() {
             match cmd {
                 Command::BindRelay {
-                    id, ip, reserve_next, ..
+                    id, ip, reserve_for, ..
                 } => {
                     self.relay_port += 2;
                     let local = SocketAddr::new(ip, self.relay_port);
-                    let token = reserve_next.then_some([7u8; 8]);
+                    let token = reserve_for.is_some().then_some([7u8; 8]);
+                    // Like the driver: the reservation holds its quota unit until taken.
+                    if let Some(user) = reserve_for {
+                        self.reserved_for = Some(user);
+                    }
                     self.server.relay_bound_reserved(id, Ok(local), token, self.now);
                 }
                 Command::TakeReservation { id, token } => {
                     // The harness's only reservation is [7; 8] on the port after the last bind.
-                    let bound = (token == [7u8; 8])
+                    let reserved = token == [7u8; 8] && self.reserved_for.is_some();
+                    if let Some(user) = self.reserved_for.take().filter(|_| reserved) {
+                        self.server.quotas.release(&user);
+                    }
+                    let bound = reserved
                         .then(|| SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port + 1))
                         .ok_or(());
                     self.server.relay_bound(id, bound, self.now);
@@ -780,7 +791,7 @@ fn banned_client_allocate_gets_403_and_no_state() {
     }
     assert_eq!(h.server.stats().allocate_banned, 4);
     // Only the Refresh was challenged: no Allocate reached authentication.
-    assert_eq!(h.server.stats().auth_failures, [1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(h.server.stats().auth_failures, [1, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(h.server.state_size(), 0);
     assert_eq!(h.server.quotas.total(), 0);
     assert!(h.server.next_event().is_none());
@@ -1029,4 +1040,242 @@ fn even_port_reservations() {
     });
     assert_eq!(code, Some(400));
     assert_eq!(h.server.quotas.total(), 2);
+}
+
+#[test]
+fn a_reservation_counts_against_the_users_quota() {
+    // Quota 3 per user: Allocate with the R bit holds two units (the allocation and the
+    // reserved port), and deleting the allocation leaves the reservation's unit held.
+    let mut h = Harness::default();
+    let reserve = |b: &mut MessageBuilder<'_>| {
+        b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .add(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+    };
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    assert_eq!(a.call(&mut h, method::ALLOCATE, reserve).1, None);
+    assert_eq!(h.server.quotas.total(), 2);
+    assert_eq!(a.refresh(&mut h, 0).0, None);
+    assert_eq!(h.server.quotas.total(), 1, "the reservation still holds its unit");
+    // Two units are left: another reserving Allocate would need them both, and gets 486
+    // with nothing counted when only one is free.
+    let mut b = Client::rest("192.0.2.1:1001", "alice", 3600);
+    assert_eq!(b.allocate(&mut h).1, None);
+    let mut c = Client::rest("192.0.2.1:1002", "alice", 3600);
+    assert_eq!(c.call(&mut h, method::ALLOCATE, reserve).1, Some(486));
+    assert_eq!(h.server.quotas.total(), 2);
+    // No token made (the driver's table was full): the unit comes back at once.
+    let mut d = Client::rest("192.0.2.1:1003", "dave", 3600);
+    let req = d.request(method::ALLOCATE, reserve, false);
+    let challenge = h.send(d.addr, &req).unwrap();
+    d.nonce = Some(
+        Message::parse(&challenge)
+            .unwrap()
+            .nonce()
+            .unwrap()
+            .unwrap()
+            .to_string(),
+    );
+    let req = d.request(method::ALLOCATE, reserve, true);
+    let unix = h.unix();
+    h.server
+        .handle_client_packet(d.addr, &req, h.now, unix, &mut h.reply);
+    let Some(Command::BindRelay { id, reserve_for, .. }) = h.server.next_command() else {
+        panic!("a bind");
+    };
+    assert_eq!(reserve_for.as_deref(), Some("dave"));
+    assert_eq!(h.server.quotas.total(), 4);
+    h.server
+        .relay_bound_reserved(id, Ok("127.0.0.1:50100".parse().unwrap()), None, h.now);
+    assert_eq!(h.server.quotas.total(), 3);
+}
+
+fn harness_with_own_relay() -> Harness {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "203.0.113.9".parse().unwrap(),
+        }),
+        ..ServerConfig::default()
+    };
+    let policy = PeerPolicy::new(
+        vec![],
+        vec![],
+        vec!["203.0.113.9".parse().unwrap()],
+        vec![(3478, 3478)],
+    )
+    .with_relays(vec!["203.0.113.9".parse().unwrap()], (49152, 65535));
+    Harness::new(cfg, policy, Quotas::new(100, 10))
+}
+
+fn send_indication(h: &mut Harness, from: SocketAddr, peer: &str) -> ClientAction<'static> {
+    let mut send = Vec::new();
+    let mut b = MessageBuilder::new(&mut send, method::SEND, Class::Indication, &[3; 12]);
+    b.add_xor_address(attr::XOR_PEER_ADDRESS, &peer.parse().unwrap())
+        .add(attr::DATA, b"to the host");
+    b.finish();
+    let unix = h.unix();
+    match h
+        .server
+        .handle_client_packet(from, &send, h.now, unix, &mut h.reply)
+    {
+        ClientAction::Relay { id, peer, .. } => ClientAction::Relay {
+            id,
+            peer,
+            payload: b"",
+        },
+        ClientAction::Reply => ClientAction::Reply,
+        ClientAction::None => ClientAction::None,
+    }
+}
+
+#[test]
+fn own_relay_address_only_reaches_live_allocations() {
+    let mut h = harness_with_own_relay();
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let mut b = Client::rest("192.0.2.2:1000", "bob", 3600);
+    assert_eq!(a.allocate(&mut h).1, None);
+    let (_, _, resp) = b.allocate(&mut h);
+    let b_relay = Message::parse(&resp)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Some(e) = h.server.next_event() {
+        if let Event::Created { id, .. } = e {
+            ids.push(id);
+        }
+    }
+    let a_id = ids[0];
+    // A port of the relay range that no allocation holds is a host service: 403, for a
+    // permission and for a channel alike.
+    assert_eq!(a.permission(&mut h, "203.0.113.9:60001"), Some(403));
+    assert_eq!(a.bind(&mut h, 0x4001, "203.0.113.9:60001"), Some(403));
+    // Bob's relay address is another allocation: allowed.
+    let b_str = b_relay.to_string();
+    assert_eq!(a.bind(&mut h, 0x4002, &b_str), None);
+    match send_indication(&mut h, a.addr, &b_str) {
+        ClientAction::Relay { peer, .. } => assert_eq!(peer, b_relay),
+        other => panic!("{other:?}"),
+    }
+    // The permission covers the address; a Send to another port of it is still refused.
+    assert_eq!(
+        send_indication(&mut h, a.addr, "203.0.113.9:60001"),
+        ClientAction::None
+    );
+    // Nothing from a host service reaches Alice either.
+    assert!(peer_packet(&mut h, a_id, "203.0.113.9:60001", b"reply").is_none());
+    assert!(peer_packet(&mut h, a_id, &b_str, b"from bob").is_some());
+    // Once Bob's allocation is gone, its port is no allocation any more.
+    assert_eq!(b.refresh(&mut h, 0).0, None);
+    assert_eq!(send_indication(&mut h, a.addr, &b_str), ClientAction::None);
+    assert!(peer_packet(&mut h, a_id, &b_str, b"late").is_none());
+}
+
+#[test]
+fn shards_share_the_relay_port_registry() {
+    let ports = Arc::new(RelayPorts::new());
+    let mut h1 = harness_with_own_relay();
+    let mut h2 = harness_with_own_relay();
+    h1.server = std::mem::replace(
+        &mut h1.server,
+        Server::new(
+            ServerConfig::default(),
+            [0; 32],
+            Arc::new(Credentials::default()),
+            Arc::new(PeerPolicy::secure_default()),
+            Arc::new(Quotas::new(1, 1)),
+            h1.now,
+        ),
+    )
+    .with_relay_ports(Arc::clone(&ports));
+    h2.server = std::mem::replace(
+        &mut h2.server,
+        Server::new(
+            ServerConfig::default(),
+            [0; 32],
+            Arc::new(Credentials::default()),
+            Arc::new(PeerPolicy::secure_default()),
+            Arc::new(Quotas::new(1, 1)),
+            h2.now,
+        ),
+    )
+    .with_relay_ports(Arc::clone(&ports));
+    h2.relay_port = 51000;
+    let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
+    let mut b = Client::rest("192.0.2.2:1000", "bob", 3600);
+    assert_eq!(a.allocate(&mut h1).1, None);
+    let (_, _, resp) = b.allocate(&mut h2);
+    let b_relay = Message::parse(&resp)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.permission(&mut h1, &b_relay.to_string()), None);
+}
+
+#[test]
+fn unauthenticated_answers_are_limited_per_source() {
+    let cfg = ServerConfig {
+        relay_v4: Some(RelayIp {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "203.0.113.9".parse().unwrap(),
+        }),
+        unauthenticated_rate: 10,
+        unauthenticated_burst: 20,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg, policy_allowing_loopback(), Quotas::new(100, 3));
+    let victim: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    let mut spoofed = Client::rest(&victim.to_string(), "x", 3600);
+    let binding = spoofed.request(method::BINDING, |_| {}, false);
+    let allocate = spoofed.request(
+        method::ALLOCATE,
+        |b| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        },
+        false,
+    );
+    let mut answered = 0;
+    for i in 0..1000 {
+        let req = if i % 2 == 0 { &binding } else { &allocate };
+        let from = SocketAddr::new(victim.ip(), 1024 + i as u16);
+        answered += usize::from(h.send(from, req).is_some());
+    }
+    assert_eq!(answered, 20, "the burst, whatever the source port");
+    assert_eq!(h.server.stats().unauthenticated_drops, 980);
+    h.advance(1);
+    let answered = (0..100).filter(|_| h.send(victim, &binding).is_some()).count();
+    assert_eq!(answered, 10, "then the rate");
+    // Another source is not held back, and an allocation's own requests never are.
+    let mut c = Client::rest("192.0.2.50:4000", "carol", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    for _ in 0..100 {
+        assert_eq!(c.refresh(&mut h, 600).0, None);
+    }
+    // No SOFTWARE attribute by default.
+    let resp = h.send("192.0.2.51:4000".parse().unwrap(), &binding).unwrap();
+    assert!(Message::parse(&resp).unwrap().get(attr::SOFTWARE).is_none());
+}
+
+#[test]
+fn rest_expiry_beyond_the_longest_mint_is_refused() {
+    let mut h = Harness::default();
+    let max = h.server.cfg.max_credential_expiry.as_secs() as i64;
+    let mut ok = Client::rest("192.0.2.1:1000", "alice", max);
+    assert_eq!(ok.allocate(&mut h).1, None);
+    for far in [max + 1, 10 * 365 * 86_400] {
+        let mut c = Client::rest("192.0.2.1:1001", "alice", far);
+        assert_eq!(c.allocate(&mut h).1, Some(401), "{far}");
+    }
+    // 2^64 - 1 as the expiry.
+    let mut c = Client::rest("192.0.2.1:1002", "alice", 0);
+    c.username = format!("{}:alice", u64::MAX);
+    let password = rest_password(secrets().signing(), &c.username);
+    c.key = long_term_key(&c.username, REALM, &password);
+    assert_eq!(c.allocate(&mut h).1, Some(401));
+    assert_eq!(
+        h.server.stats().auth_failures[AuthFailure::ExpiryTooFar as usize],
+        3
+    );
 }
