@@ -98,6 +98,28 @@ fn open_mode_shape_headers_and_parameters() {
         (200, Some(1)),
         "clamped to 1"
     );
+    // However many digits: a string or number of digits is clamped, never refused.
+    let digits = "1".repeat(30);
+    for (path, body) in [
+        (format!("/v1/ice-servers?ttl={digits}"), String::new()),
+        ("/v1/ice-servers".to_string(), format!(r#"{{"ttl":"{digits}"}}"#)),
+        ("/v1/ice-servers".to_string(), format!(r#"{{"ttl":{digits}}}"#)),
+    ] {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let r = http_request(
+            a,
+            method,
+            &path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(
+            (r.status, r.json()["ttl"].as_u64()),
+            (200, Some(604_800)),
+            "{path} {body}: {}",
+            r.body
+        );
+    }
     let r = http_request(a, "GET", "/v1/ice-servers", &[], b"");
     assert!(r.json()["username"].as_str().unwrap().contains(":anon-"));
     // Refusals.
@@ -107,6 +129,8 @@ fn open_mode_shape_headers_and_parameters() {
         ("/v1/ice-servers?ttl=-5", b"", "bad-ttl"),
         ("/v1/ice-servers?ttl=1.5", b"", "bad-ttl"),
         ("/v1/ice-servers", br#"{"ttl":true}"#, "bad-ttl"),
+        ("/v1/ice-servers", br#"{"ttl":1.5}"#, "bad-ttl"),
+        ("/v1/ice-servers", br#"{"ttl":-3}"#, "bad-ttl"),
         ("/v1/ice-servers", br#"{"username":5}"#, "bad-username"),
         ("/v1/ice-servers", br#"[1]"#, "bad-request"),
         ("/v1/ice-servers?service=stun", b"", "bad-request"),

@@ -16,14 +16,14 @@ mod api;
 pub mod client;
 mod error;
 mod extract;
+mod lockout;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -32,6 +32,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use callbox_store::{Health, Store};
+use lockout::Lockout;
 use sha2::{Digest, Sha256};
 
 pub use api::{AllocationView, ChannelView, PeerView, RoomView};
@@ -76,6 +77,8 @@ pub struct AdminInfo {
     pub rotation_overlap: u64,
     pub max_body_bytes: usize,
     pub auth_failures_per_minute: u32,
+    /// Connection limits of the admin listener.
+    pub listener: callbox_http::Limits,
 }
 
 /// Counters shown in the admin listener's `/metrics`.
@@ -95,7 +98,10 @@ pub struct AdminState {
     /// Notified after every change, so the sync loop applies it at once.
     pub changed: Arc<tokio::sync::Notify>,
     pub metrics: AdminMetrics,
-    failures: Mutex<HashMap<IpAddr, FailureWindow>>,
+    /// Connections the admin listener holds (per address and in total).
+    pub connections: Arc<callbox_http::ConnectionLimits>,
+    pub listener_metrics: Arc<callbox_http::ListenerMetrics>,
+    failures: Lockout,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -106,17 +112,6 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct FailureWindow {
-    start: Instant,
-    count: u32,
-}
-
-/// Most addresses whose failures are remembered; past it the oldest windows are dropped,
-/// so a spray of forged tokens from many addresses cannot grow memory without bound.
-const MAX_FAILURE_ENTRIES: usize = 4096;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
 impl AdminState {
     pub fn new(
         store: Arc<Mutex<Store>>,
@@ -125,6 +120,8 @@ impl AdminState {
         info: AdminInfo,
         changed: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
+        let info_limit = info.auth_failures_per_minute;
+        let connections = callbox_http::ConnectionLimits::new(info.listener);
         Arc::new(Self {
             store,
             health,
@@ -132,7 +129,9 @@ impl AdminState {
             info,
             changed,
             metrics: AdminMetrics::default(),
-            failures: Mutex::new(HashMap::new()),
+            connections,
+            listener_metrics: Arc::new(callbox_http::ListenerMetrics::default()),
+            failures: Lockout::new(info_limit),
         })
     }
 
@@ -156,35 +155,6 @@ impl AdminState {
             }
             ApiError::from(e)
         })
-    }
-
-    /// Seconds until `ip` may try again, if it failed too often this minute.
-    fn limited(&self, ip: IpAddr, now: Instant) -> Option<u64> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let w = map.get(&ip)?;
-        let end = w.start + FAILURE_WINDOW;
-        (w.count >= self.info.auth_failures_per_minute && end > now)
-            .then(|| end.saturating_duration_since(now).as_secs().max(1))
-    }
-
-    /// Counts a failed token check; true for the first failure of a window (logged).
-    fn failed(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(&ip) {
-            map.retain(|_, w| w.start + FAILURE_WINDOW > now);
-            if map.len() >= MAX_FAILURE_ENTRIES {
-                let oldest = map.iter().min_by_key(|(_, w)| w.start).map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    map.remove(&k);
-                }
-            }
-        }
-        let w = map.entry(ip).or_insert(FailureWindow { start: now, count: 0 });
-        if w.start + FAILURE_WINDOW <= now {
-            *w = FailureWindow { start: now, count: 0 };
-        }
-        w.count += 1;
-        w.count == 1
     }
 }
 
@@ -215,7 +185,7 @@ async fn authenticate(
     app.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let ip = peer.ip();
     let now = Instant::now();
-    if let Some(secs) = app.limited(ip, now) {
+    if let Some(secs) = app.failures.limited(ip, now) {
         app.metrics.auth_limited.fetch_add(1, Ordering::Relaxed);
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -236,7 +206,7 @@ async fn authenticate(
     };
     if !ok {
         app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        if app.failed(ip, now) {
+        if app.failures.failed(ip, now) {
             tracing::warn!(%ip, path = %req.uri().path(), "admin: request without a valid token");
         }
         let mut r = ApiError::new(
@@ -332,6 +302,7 @@ async fn metrics_text(State(app): State<Arc<AdminState>>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         ));
     }
+    out.push_str(&app.listener_metrics.render("admin", &app.connections));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,

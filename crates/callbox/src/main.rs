@@ -3,6 +3,7 @@
 
 mod access;
 mod admin_cli;
+mod descriptors;
 mod live;
 mod logging;
 mod serve;

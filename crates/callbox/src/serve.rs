@@ -329,6 +329,29 @@ fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::Sessio
     })
 }
 
+/// Data path threads: `turn.workers`, or one per core.
+fn turn_workers(config: &Config) -> usize {
+    match config.turn.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Limits of an HTTP listener from its configuration keys.
+fn http_limits(
+    max: usize,
+    per_address: usize,
+    ipv6_prefix: u8,
+    header_timeout_ms: u64,
+) -> callbox_http::Limits {
+    callbox_http::Limits {
+        max_connections: max,
+        max_per_address: per_address,
+        ipv6_prefix,
+        header_timeout: Duration::from_millis(header_timeout_ms),
+    }
+}
+
 /// A bound turn role, ready to run.
 struct TurnBound {
     role: TurnRole,
@@ -344,11 +367,7 @@ async fn bind_turn(
     history: HistorySink,
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
-    let workers = if t.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        t.workers
-    };
+    let workers = turn_workers(config);
     let mut listen = Vec::new();
     for addr in &t.listen {
         match UdpListeners::bind(&[*addr], workers) {
@@ -510,6 +529,19 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     let run_turn = roles.iter().any(|r| r == "turn");
     let run_signal = roles.iter().any(|r| r == "signal");
     let mut run_admin = roles.iter().any(|r| r == "admin");
+    let mut loaded = loaded;
+    match crate::descriptors::raise_limit() {
+        Ok((before, after)) => {
+            if after != before {
+                tracing::info!(before, after, "raised the open-files limit to the hard limit");
+            }
+            let workers = turn_workers(&loaded.config);
+            for note in crate::descriptors::fit(&mut loaded.config, after, &roles, workers) {
+                tracing::warn!("{note}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
+    }
     let config = &loaded.config;
     let started = std::time::Instant::now();
 
@@ -602,8 +634,18 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         let http_addr = tb.http.as_ref().and_then(|h| h.local_addr().ok());
         if let Some(http) = tb.http {
             let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
+            let t = &config.turn;
+            let limits = callbox_http::ConnectionLimits::new(http_limits(
+                t.http_max_connections,
+                t.http_max_connections,
+                t.ipv6_prefix_len,
+                t.http_header_timeout_ms,
+            ));
+            let metrics = Arc::new(callbox_http::ListenerMetrics::default());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, router).await {
+                if let Err(e) =
+                    callbox_http::serve(http, router, limits, metrics, std::future::pending()).await
+                {
                     tracing::error!(error = %e, "turn HTTP listener stopped");
                 }
             });
@@ -679,6 +721,12 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
                 .unwrap_or(config.auth.max_credential_ttl),
             max_body_bytes: config.admin.max_body_bytes,
             auth_failures_per_minute: config.admin.auth_failures_per_minute,
+            listener: http_limits(
+                config.admin.max_connections,
+                config.admin.max_connections_per_address,
+                callbox_core::limit_key::DEFAULT_IPV6_PREFIX,
+                config.admin.header_timeout_ms,
+            ),
         };
         let app = callbox_admin::AdminState::new(
             Arc::clone(st),
@@ -691,18 +739,16 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             "admin",
             listener.local_addr().map_or("-".into(), |a| a.to_string()),
         ));
+        let (connections, listener_metrics) =
+            (Arc::clone(&app.connections), Arc::clone(&app.listener_metrics));
         let router = callbox_admin::router(app);
         let stop = on_shutdown(&stop_rx);
         tasks.push((
             "admin",
             tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stop)
-                .await
-                .context("admin role")
+                callbox_http::serve(listener, router, connections, listener_metrics, stop)
+                    .await
+                    .context("admin role")
             }),
         ));
     }

@@ -85,6 +85,8 @@ pub struct HubConfig {
     pub rate_per_room: u32,
     pub window: Duration,
     pub heartbeat_ms: u64,
+    /// IPv6 addresses count under this prefix for the per-address limits.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for HubConfig {
@@ -98,6 +100,7 @@ impl Default for HubConfig {
             rate_per_address: 2000,
             rate_per_room: 2000,
             window: Duration::from_secs(10),
+            ipv6_prefix: callbox_core::limit_key::DEFAULT_IPV6_PREFIX,
             heartbeat_ms: 15_000,
         }
     }
@@ -247,7 +250,15 @@ struct Shard {
     rooms: HashMap<String, Room>,
     /// Resume token -> (room, peer id).
     tokens: HashMap<String, (String, String)>,
+    /// Tokens of peers whose grace ended because their log overflowed -> (room, when the
+    /// grace would have ended): until then a resume with one is told `resume-gap` (it can
+    /// no longer be served in full), not `resume-expired`. Bounded by [`MAX_GAP_TOKENS`].
+    gaps: HashMap<String, (String, Instant)>,
 }
+
+/// Overflowed-grace tokens remembered per shard; past it, such a resume is answered
+/// `resume-expired` (still a refusal that makes the client join afresh).
+const MAX_GAP_TOKENS: usize = 4096;
 
 /// Per-address state: live connections and the message window. An entry exists only
 /// while its address has connections, so the table is bounded by connections.
@@ -361,8 +372,14 @@ impl Hub {
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
+    /// The key `addr` is counted under: an IPv6 address by its prefix.
+    fn addr_key(&self, addr: IpAddr) -> IpAddr {
+        callbox_core::limit_key(addr, self.cfg.ipv6_prefix)
+    }
+
     /// Counts a connection from `addr`; false when it already has `max`.
     pub fn connect_address(&self, addr: IpAddr, max: usize) -> bool {
+        let addr = self.addr_key(addr);
         let mut addrs = lock(&self.addrs);
         let e = addrs.entry(addr).or_default();
         if e.conns >= max {
@@ -376,6 +393,7 @@ impl Hub {
     }
 
     pub fn disconnect_address(&self, addr: IpAddr) {
+        let addr = self.addr_key(addr);
         let mut addrs = lock(&self.addrs);
         if let Some(e) = addrs.get_mut(&addr) {
             e.conns -= 1;
@@ -387,7 +405,7 @@ impl Hub {
 
     /// Connections counted for `addr`.
     pub fn address_conns(&self, addr: IpAddr) -> usize {
-        lock(&self.addrs).get(&addr).map_or(0, |e| e.conns)
+        lock(&self.addrs).get(&self.addr_key(addr)).map_or(0, |e| e.conns)
     }
 
     /// Live per-address entries (bounded by connections).
@@ -416,7 +434,10 @@ impl Hub {
         now: Instant,
     ) -> Result<&'s Peer, JoinError> {
         let Some((troom, pid)) = shard.tokens.get(token) else {
-            return Err(JoinError::ResumeExpired);
+            return match shard.gaps.get(token) {
+                Some((groom, until)) if groom == room && *until > now => Err(JoinError::ResumeGap),
+                _ => Err(JoinError::ResumeExpired),
+            };
         };
         if troom != room {
             return Err(JoinError::ResumeExpired);
@@ -482,7 +503,7 @@ impl Hub {
         (ice, ice_ttl): (&Value, u64),
     ) -> Joined {
         let addr_rate = lock(&self.addrs)
-            .get(&addr)
+            .get(&self.addr_key(addr))
             .map_or_else(|| Arc::new(AddrRate::default()), |e| Arc::clone(&e.rate));
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
@@ -564,7 +585,7 @@ impl Hub {
         now: Instant,
     ) -> Result<Joined, JoinError> {
         let addr_rate = lock(&self.addrs)
-            .get(&addr)
+            .get(&self.addr_key(addr))
             .map_or_else(|| Arc::new(AddrRate::default()), |e| Arc::clone(&e.rate));
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
@@ -641,6 +662,17 @@ impl Hub {
 
     /// Ends at once the grace of peers whose log overflowed while they were away.
     fn end_overflowed_graces(&self, shard: &mut Shard, room: &str) {
+        if let Some(r) = shard.rooms.get(room) {
+            for p in r.peers.iter().filter(|p| p.outbox.is_none() && p.overflowed) {
+                if let Some(until) = p.grace_until
+                    && shard.gaps.len() < MAX_GAP_TOKENS
+                {
+                    shard
+                        .gaps
+                        .insert(p.resume_token.clone(), (room.to_string(), until));
+                }
+            }
+        }
         self.evict(
             shard,
             room,
@@ -766,6 +798,9 @@ impl Hub {
     /// Ends expired graces (`peer-left` with `timeout`). Call about once a second.
     pub fn tick(&self, now: Instant) {
         self.evict_everywhere(|p| p.grace_until.is_some_and(|g| g <= now), None, "timeout");
+        for s in &self.shards {
+            lock(s).gaps.retain(|_, (_, until)| *until > now);
+        }
     }
 
     /// Evicts, shard by shard, every peer `select` picks, in every room; returns how many.

@@ -185,6 +185,9 @@ pub struct AppState {
     pub draining: AtomicBool,
     pub http_limiter: HttpLimiter,
     pub metrics: Arc<SignalMetrics>,
+    /// Connections held by the listener, per address and in total (counted from accept).
+    pub connections: Arc<callbox_http::ConnectionLimits>,
+    pub listener_metrics: Arc<callbox_http::ListenerMetrics>,
     /// Extra readiness condition (e.g. the backplane is reachable).
     pub ready: Arc<AtomicBool>,
     /// Banned client networks, checked before every upgrade and ICE request. Swapped
@@ -217,14 +220,23 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
         rate_per_room: cfg.rate_per_room,
         window: Duration::from_secs(10),
         heartbeat_ms: cfg.heartbeat_ms,
+        ipv6_prefix: cfg.ipv6_prefix_len,
     };
     let (session_tx, session_rx) = mpsc::channel(SESSION_EVENTS_CAPACITY);
     let hub = Arc::new(
         Hub::new(hub_cfg, Arc::clone(&metrics), Box::new(rand::random::<u128>))
             .with_session_events(session_tx),
     );
+    let connections = callbox_http::ConnectionLimits::new(callbox_http::Limits {
+        max_connections: cfg.max_connections,
+        max_per_address: cfg.max_connections_per_address,
+        ipv6_prefix: cfg.ipv6_prefix_len,
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+    });
     Arc::new(AppState {
         http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
+        connections,
+        listener_metrics: Arc::new(callbox_http::ListenerMetrics::default()),
         cfg,
         hub,
         ice,
@@ -330,7 +342,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.metrics.render(),
+        app.metrics.render() + &app.listener_metrics.render("signal", &app.connections),
     )
         .into_response()
 }
@@ -536,7 +548,10 @@ async fn signal_validate(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
-    if let Err(secs) = app.http_limiter.hit(ip, Instant::now()) {
+    if let Err(secs) = app.http_limiter.hit(
+        callbox_core::limit_key(ip, app.cfg.ipv6_prefix_len),
+        Instant::now(),
+    ) {
         app.metrics.reject("rate-limited");
         let mut r = Refusal::new(429, "rate-limited", "too many requests");
         r.retry_after = Some(secs);
@@ -878,7 +893,10 @@ fn ice_servers_inner(
     // Who is asking decides the default user id.
     let default_user = match app.cfg.ice_auth {
         AuthMode::Open => {
-            if let Err(secs) = app.http_limiter.hit(ip, Instant::now()) {
+            if let Err(secs) = app.http_limiter.hit(
+                callbox_core::limit_key(ip, app.cfg.ipv6_prefix_len),
+                Instant::now(),
+            ) {
                 let mut r = Refusal::new(429, "rate-limited", "too many requests from this address");
                 r.retry_after = Some(secs);
                 return Err(r);
@@ -913,10 +931,21 @@ fn ice_servers_inner(
     };
     let ttl = match params.get("ttl") {
         None => app.ice.default_ttl,
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| Refusal::new(400, "bad-ttl", "ttl must be a whole number of seconds"))?,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
+        // An integer too large for u64 arrives as a float: whole and positive, it clamps.
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => v,
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => f as u64,
+            _ => {
+                return Err(Refusal::new(
+                    400,
+                    "bad-ttl",
+                    "ttl must be a whole number of seconds",
+                ));
+            }
+        },
+        // A string of digits of any length: one too large for u64 is past the maximum
+        // anyway, so it clamps like any other large number.
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse::<u64>().unwrap_or(u64::MAX)
         }
         Some(_) => {
@@ -1003,17 +1032,9 @@ impl SignalRole {
             let _ = stop_tx.send(());
         };
         tokio::spawn(drain);
-        let router = router(app);
-        // Signaling is small messages both ways: Nagle's algorithm would hold each one
-        // back until the previous is acknowledged (40 ms with delayed ACKs).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let connections = Arc::clone(&app.connections);
+        let listener_metrics = Arc::clone(&app.listener_metrics);
+        let served = callbox_http::serve(listener, router(app), connections, listener_metrics, async move {
             let _ = stop_rx.await;
         });
         // Connections still open at the deadline are cut when the process exits.

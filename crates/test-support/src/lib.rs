@@ -50,9 +50,42 @@ impl CallboxProcess {
         env: &[(&str, &str)],
         state_dir: tempfile::TempDir,
     ) -> CallboxProcess {
+        Self::spawn(&[], binary, config, args, env, state_dir)
+    }
+
+    /// Like [`CallboxProcess::start`], started with a soft open-files limit of
+    /// `soft_nofile` (as from a login shell or a plain unit), through util-linux's
+    /// `prlimit`, which execs the binary (the pid is callbox's).
+    pub fn start_with_soft_nofile(binary: &str, config: &str, soft_nofile: u64) -> CallboxProcess {
+        let limit = format!("--nofile={soft_nofile}:");
+        Self::spawn(
+            &["prlimit", &limit, "--"],
+            binary,
+            config,
+            &[],
+            &[],
+            tempfile::tempdir().expect("temp dir"),
+        )
+    }
+
+    fn spawn(
+        prefix: &[&str],
+        binary: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        state_dir: tempfile::TempDir,
+    ) -> CallboxProcess {
         let config_path = state_dir.path().join("test.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut cmd = Command::new(binary);
+        let mut cmd = match prefix.split_first() {
+            Some((wrapper, wrapper_args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(wrapper_args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -251,6 +284,33 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let r = http_request(addr, "GET", path, &[], b"");
     (r.status, r.body)
+}
+
+/// A GET of `path` from the local address `from` (another loopback address is another
+/// client for per-address limits): (status, whole response text, head included); status
+/// 0 when the server closed without answering.
+pub fn http_get_from(from: std::net::IpAddr, addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .expect("socket");
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the source address");
+    if sock.connect(&addr.into()).is_err() {
+        return (0, String::new());
+    }
+    let mut c: std::net::TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    if c.write_all(req.as_bytes()).is_err() || (c.read_to_string(&mut text).is_err() && text.is_empty()) {
+        return (0, text);
+    }
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }
 
 /// An HTTP/1.1 response as tests see it.

@@ -43,6 +43,17 @@ impl TurnClient {
         } else {
             "[::1]:0"
         };
+        Self::new_from(bind.parse().unwrap(), server, username, password, realm)
+    }
+
+    /// [`TurnClient::new`] on a socket bound to `bind` (another loopback source).
+    pub fn new_from(
+        bind: SocketAddr,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+        realm: &str,
+    ) -> Self {
         let sock = UdpSocket::bind(bind).expect("bind client socket");
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Self {

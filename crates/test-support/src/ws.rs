@@ -51,6 +51,18 @@ impl WsClient {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<WsClient, Refused> {
+        let local = if addr.is_ipv4() { "127.0.0.1" } else { "::1" };
+        Self::connect_from(local.parse().unwrap(), addr, query, headers).await
+    }
+
+    /// [`WsClient::connect`] from the local address `source` (another loopback address
+    /// is another client as far as per-address limits go).
+    pub async fn connect_from(
+        source: std::net::IpAddr,
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, Refused> {
         let mut req = format!("ws://{addr}/v1/signal?{query}")
             .into_client_request()
             .unwrap();
@@ -61,7 +73,19 @@ impl WsClient {
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
             .max_frame_size(Some(64 << 20));
-        match tokio_tungstenite::connect_async_with_config(req, Some(config), false).await {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let tcp = socket.connect(addr).await.expect("TCP connect");
+        let _ = tcp.set_nodelay(true);
+        match tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(tcp), Some(config)).await
+        {
             Ok((ws, _)) => {
                 let mut c = WsClient {
                     ws,

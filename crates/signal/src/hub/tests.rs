@@ -334,8 +334,30 @@ fn log_overflow_during_grace_ends_it_and_gap_refuses_resume() {
     );
     let got = ma.take();
     assert_eq!(got.last().unwrap()["reason"], "timeout");
+    // PROTOCOL.md section 2: an overflow during the grace is a gap, for as long as the
+    // token would have lived; after that the token is simply expired.
+    assert_eq!(h.check("r", Some((&token, 6)), now), Err(JoinError::ResumeGap));
+    let later = now + HubConfig::default().grace - Duration::from_millis(1);
+    h.tick(later);
+    assert_eq!(h.check("r", Some((&token, 6)), later), Err(JoinError::ResumeGap));
+    let (_, mc) = join(&h, "r", later);
+    let outbox: Arc<dyn Outbox> = mc.clone();
+    assert!(matches!(
+        h.resume(
+            "r",
+            &token,
+            6,
+            "192.0.2.1".parse().unwrap(),
+            outbox,
+            (&json!([]), 60),
+            later
+        ),
+        Err(JoinError::ResumeGap)
+    ));
+    let after = now + HubConfig::default().grace;
+    h.tick(after);
     assert_eq!(
-        h.check("r", Some((&token, 6)), now),
+        h.check("r", Some((&token, 6)), after),
         Err(JoinError::ResumeExpired)
     );
 }

@@ -1,0 +1,90 @@
+//! The process's file descriptor budget.
+//!
+//! A process started from a login shell or a plain unit gets a soft `RLIMIT_NOFILE` of
+//! 1024: a thousand idle TCP connections would then leave the relay unable to bind a
+//! socket (508) and the health endpoints unable to accept. At start the soft limit is
+//! raised to the hard one, and the connection caps of the listeners are fitted under it
+//! with `general.reserved_descriptors` left over, so that a full listener never takes the
+//! descriptors the relay, the store and the other listeners need.
+
+use callbox_core::Config;
+
+/// Descriptors of the relay besides its allocations: listener sockets per worker, the
+/// mio poll and waker, per worker.
+fn relay_fixed(config: &Config, workers: usize) -> u64 {
+    (config.turn.listen.len() as u64 + 2) * workers as u64
+}
+
+/// Raises the soft open-files limit to the hard limit; returns (before, after).
+pub fn raise_limit() -> std::io::Result<(u64, u64)> {
+    let (before, _) = rlimit::Resource::NOFILE.get()?;
+    let after = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok((before, after))
+}
+
+/// What the listeners and the relay may hold under `limit`. Lowers
+/// `signal.max_connections` when the caps do not fit, and says so.
+pub fn fit(config: &mut Config, limit: u64, roles: &[String], workers: usize) -> Vec<String> {
+    let has = |r: &str| roles.iter().any(|x| x == r);
+    let mut notes = Vec::new();
+    let mut fixed = config.general.reserved_descriptors;
+    if has("turn") {
+        fixed += relay_fixed(config, workers) + u64::from(config.turn.total_quota);
+        if config.turn.http_listen.is_some() {
+            fixed += config.turn.http_max_connections as u64;
+        }
+    }
+    if has("admin") {
+        fixed += config.admin.max_connections as u64;
+    }
+    if fixed >= limit {
+        notes.push(format!(
+            "the open-files limit ({limit}) does not cover turn.total_quota ({}), the listener caps and \
+             general.reserved_descriptors ({}): raise LimitNOFILE (or ulimit -n) or lower them; \
+             allocations past it will be refused with 508",
+            config.turn.total_quota, config.general.reserved_descriptors
+        ));
+    }
+    if has("signal") {
+        let room = limit.saturating_sub(fixed).max(64) as usize;
+        if config.signal.max_connections > room {
+            notes.push(format!(
+                "signal.max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
+                config.signal.max_connections
+            ));
+            config.signal.max_connections = room;
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles() -> Vec<String> {
+        ["signal", "turn", "admin"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn caps_are_fitted_under_the_limit_with_the_reserve_left() {
+        let mut c = Config::default();
+        c.turn.total_quota = 400;
+        let notes = fit(&mut c, 1024, &roles(), 2);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        // 1024 - 256 reserved - 400 relay - 8 relay fixed - 64 turn http - 128 admin.
+        assert_eq!(c.signal.max_connections, 168);
+        let mut c = Config::default();
+        assert!(fit(&mut c, 1 << 20, &roles(), 2).is_empty());
+        assert_eq!(c.signal.max_connections, 10_000);
+    }
+
+    #[test]
+    fn a_limit_below_the_relay_quota_is_reported() {
+        let mut c = Config::default();
+        let notes = fit(&mut c, 1024, &roles(), 2);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("turn.total_quota"));
+        assert_eq!(c.signal.max_connections, 64, "a floor, so signaling still works");
+    }
+}
