@@ -6,7 +6,7 @@
 //! health check) can open one. Here every accepted connection is counted, from accept to
 //! close (WebSocket connections included, since the count travels with the socket):
 //!
-//! - per client address, an IPv6 client by its prefix ([`callbox_core::limit_key`]);
+//! - per client address, an IPv6 client by its prefix ([`callbox_core::limit_key()`]);
 //! - per listener, in total;
 //!
 //! and a connection past either cap gets a short canned answer (429 or 503, written

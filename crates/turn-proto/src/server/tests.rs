@@ -1175,32 +1175,22 @@ fn own_relay_address_only_reaches_live_allocations() {
 #[test]
 fn shards_share_the_relay_port_registry() {
     let ports = Arc::new(RelayPorts::new());
+    let share = |h: &mut Harness| {
+        let placeholder = Server::new(
+            ServerConfig::default(),
+            [0; 32],
+            Arc::new(Credentials::default()),
+            Arc::new(PeerPolicy::secure_default()),
+            Arc::new(Quotas::new(1, 1)),
+            h.now,
+        );
+        let server = std::mem::replace(&mut h.server, placeholder);
+        h.server = server.with_relay_ports(Arc::clone(&ports));
+    };
     let mut h1 = harness_with_own_relay();
     let mut h2 = harness_with_own_relay();
-    h1.server = std::mem::replace(
-        &mut h1.server,
-        Server::new(
-            ServerConfig::default(),
-            [0; 32],
-            Arc::new(Credentials::default()),
-            Arc::new(PeerPolicy::secure_default()),
-            Arc::new(Quotas::new(1, 1)),
-            h1.now,
-        ),
-    )
-    .with_relay_ports(Arc::clone(&ports));
-    h2.server = std::mem::replace(
-        &mut h2.server,
-        Server::new(
-            ServerConfig::default(),
-            [0; 32],
-            Arc::new(Credentials::default()),
-            Arc::new(PeerPolicy::secure_default()),
-            Arc::new(Quotas::new(1, 1)),
-            h2.now,
-        ),
-    )
-    .with_relay_ports(Arc::clone(&ports));
+    share(&mut h1);
+    share(&mut h2);
     h2.relay_port = 51000;
     let mut a = Client::rest("192.0.2.1:1000", "alice", 3600);
     let mut b = Client::rest("192.0.2.2:1000", "bob", 3600);
