@@ -11,6 +11,7 @@ need() {
 }
 need turnutils_uclient "apt-get install coturn (its client tools are used by the tests)"
 need unshare "apt-get install util-linux"
+need prlimit "apt-get install util-linux (tests start callbox under a soft open-files limit)"
 need ip "apt-get install iproute2"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
