@@ -573,6 +573,10 @@ fuzz_target!(|data: &[u8]| {
     h.run_commands(false, false);
     h.server.shutdown();
     h.run_commands(false, false);
+    // The driver's reservations end with it, and give their quota units back.
+    for (_, (_, _, user)) in h.reservations.drain() {
+        h.quotas.release(&user);
+    }
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.quotas.total(), 0, "quota leaked after shutdown");
     assert_eq!(h.server.state_size(), 0);
