@@ -22,12 +22,6 @@ const ROLES: &[&str] = &["signal", "turn", "admin"];
 /// The store's file in the state directory.
 pub const STORE_FILE: &str = "callbox.db";
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The secrets of `auth.secrets`, if the configuration sets any.
 fn config_secrets(loaded: &Loaded) -> Option<SecretSet> {
     SecretSet::new(loaded.config.auth.secrets.clone())
@@ -179,7 +173,7 @@ pub fn credentials(loaded: &Loaded, user: &str, ttl: Option<u64>) -> anyhow::Res
         &endpoints(&loaded.config, relay_v4.advertise, port),
         &secrets,
         user,
-        unix_now(),
+        callbox_core::time::unix_now(),
         ttl,
     );
     Ok(serde_json::to_string_pretty(&list)?)

@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -324,12 +324,6 @@ fn with_seq(seq: u64, body: &str) -> Arc<str> {
     Arc::from(format!("{{\"seq\":{seq}{sep}{rest}"))
 }
 
-fn wall_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn error_body(code: &str, message: &str) -> String {
     json!({"type": "error", "code": code, "message": message}).to_string()
 }
@@ -545,7 +539,7 @@ impl Hub {
             meta,
             conn,
             addr,
-            joined_unix: wall_clock(),
+            joined_unix: callbox_core::time::unix_now(),
             messages_in: 0,
             messages_out: 0,
             outbox: Some(outbox),
@@ -736,7 +730,7 @@ impl Hub {
             }
         }
         let n = gone.len();
-        let left_unix = wall_clock();
+        let left_unix = callbox_core::time::unix_now();
         for p in gone {
             self.record(room, p, left_unix, reason);
         }

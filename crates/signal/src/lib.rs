@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -61,16 +61,17 @@ pub struct IceSource {
     pub max_ttl: u64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl IceSource {
     pub fn build(&self, user: &str, ttl: u64) -> ice::IceServers {
         let secrets = self.secrets.load();
-        ice::build_from_urls(&self.stun_urls, &self.turn_urls, &secrets, user, unix_now(), ttl)
+        ice::build_from_urls(
+            &self.stun_urls,
+            &self.turn_urls,
+            &secrets,
+            user,
+            callbox_core::time::unix_now(),
+            ttl,
+        )
     }
 }
 
@@ -392,7 +393,7 @@ fn jwt_identity(cfg: &SignalConfig, token: Option<&str>) -> Result<Identity, Ref
         return Err(Refusal::new(401, "unauthorized", "a token is required"));
     };
     let secret = cfg.jwt_secret.as_ref().map(Secret::expose).unwrap_or_default();
-    let claims = callbox_core::jwt::verify_hs256(token, secret.as_bytes(), unix_now())
+    let claims = callbox_core::jwt::verify_hs256(token, secret.as_bytes(), callbox_core::time::unix_now())
         .map_err(|e| Refusal::new(401, "unauthorized", format!("bad token: {e}")))?;
     let user = match claims.get("sub") {
         Some(Value::String(s)) if valid_user_id(s) => Some(s.clone()),

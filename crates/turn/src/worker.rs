@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use callbox_core::{Cidr, PeerPolicy};
@@ -124,12 +124,6 @@ pub(crate) struct WorkerParts {
 
 /// How often expired EVEN-PORT reservations are closed.
 const RESERVATION_SWEEP: Duration = Duration::from_secs(1);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Worker {
     pub(crate) fn new(p: WorkerParts) -> io::Result<(Worker, WorkerHandle)> {
@@ -265,7 +259,7 @@ impl Worker {
     fn forward_events(&mut self) {
         while let Some(event) = self.server.next_event() {
             let record = EventRecord {
-                unix_time: unix_now(),
+                unix_time: callbox_core::time::unix_now(),
                 event,
             };
             // Never wait for the consumer: a full channel costs the event, not the relay.
@@ -323,7 +317,7 @@ impl Worker {
                 return Ok(false);
             }
             let now = Instant::now();
-            let unix = unix_now();
+            let unix = callbox_core::time::unix_now();
             for i in 0..n {
                 let Some(from) = self.client_rx.source(i) else {
                     continue;
