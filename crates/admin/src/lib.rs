@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -170,12 +170,6 @@ pub fn new_token() -> String {
     format!("cbx_{hex}")
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 async fn authenticate(
     State(app): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -195,7 +189,7 @@ async fn authenticate(
         .retry_after(secs)
         .into_response();
     }
-    let presented = bearer(req.headers()).map(token_digest);
+    let presented = callbox_http::bearer(req.headers()).map(token_digest);
     let stored = match app.with_store(|s| s.admin_token()).await {
         Ok(t) => t,
         Err(e) => return e.into_response(),

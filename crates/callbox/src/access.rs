@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use callbox_core::credentials::{LongTermKey, SecretSet};
 use callbox_core::{Cidr, Secret};
 use callbox_store::{Health, Store};
@@ -65,9 +64,7 @@ pub struct Access {
     pub retention_days: u64,
     pub changed: Arc<tokio::sync::Notify>,
     pub turn: Option<TurnControl>,
-    pub signal: Option<Arc<callbox_signal::AppState>>,
-    /// The signing secrets `/v1/ice-servers` and `welcome` mint with.
-    pub ice_secrets: Option<Arc<ArcSwap<SecretSet>>>,
+    pub signal: Option<callbox_signal::SignalControl>,
 }
 
 impl std::fmt::Debug for Access {
@@ -106,8 +103,9 @@ impl Access {
             tracing::warn!("the store holds no active TURN secret; keeping the previous ones");
             return;
         };
-        if let Some(ice) = &self.ice_secrets {
-            ice.store(Arc::new(secrets.clone()));
+        if let Some(signal) = &self.signal {
+            // The signing secrets `/v1/ice-servers` and `welcome` mint with.
+            signal.set_ice_secrets(secrets.clone());
         }
         let added: Vec<Cidr> = snap
             .bans

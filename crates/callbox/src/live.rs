@@ -1,7 +1,5 @@
 //! The admin role's view of the roles running in this process.
 
-use std::sync::Arc;
-
 use callbox_admin::{AllocationView, BoxFuture, ChannelView, Live, PeerView, RoomView};
 use callbox_turn::TurnControl;
 use turn_proto::AllocId;
@@ -9,7 +7,7 @@ use turn_proto::AllocId;
 /// The turn and signal roles of this process, where they run.
 pub struct LiveRoles {
     pub turn: Option<TurnControl>,
-    pub signal: Option<Arc<callbox_signal::AppState>>,
+    pub signal: Option<callbox_signal::SignalControl>,
 }
 
 impl Live for LiveRoles {
@@ -55,24 +53,24 @@ impl Live for LiveRoles {
 
     fn rooms(&self) -> Option<Vec<RoomView>> {
         let signal = self.signal.as_ref()?;
-        Some(signal.hub.rooms().into_iter().map(room_view).collect())
+        Some(signal.rooms().into_iter().map(room_view).collect())
     }
 
     fn room_counts(&self) -> Option<(u64, u64)> {
-        let (rooms, peers) = self.signal.as_ref()?.hub.counts();
+        let (rooms, peers) = self.signal.as_ref()?.counts();
         Some((rooms as u64, peers as u64))
     }
 
     fn room(&self, room: &str) -> Option<Option<RoomView>> {
-        Some(self.signal.as_ref()?.hub.room(room).map(room_view))
+        Some(self.signal.as_ref()?.room(room).map(room_view))
     }
 
     fn close_room(&self, room: &str) -> Option<usize> {
-        Some(self.signal.as_ref()?.hub.close_room(room))
+        Some(self.signal.as_ref()?.close_room(room))
     }
 
     fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool> {
-        Some(self.signal.as_ref()?.hub.kick_peer(room, peer_id))
+        Some(self.signal.as_ref()?.kick_peer(room, peer_id))
     }
 }
 

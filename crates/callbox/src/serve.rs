@@ -317,7 +317,7 @@ fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::Sessio
         client: r.addr.to_string(),
         started_at: r.joined_unix as i64,
         ended_at: r.left_unix as i64,
-        close_reason: r.reason.to_string(),
+        close_reason: r.reason.as_str().to_string(),
         messages_in: r.messages_in as i64,
         messages_out: r.messages_out as i64,
     })
@@ -570,7 +570,6 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         changed: Arc::new(tokio::sync::Notify::new()),
         turn: None,
         signal: None,
-        ice_secrets: None,
     };
     let secrets = match access.secret_set(&snapshot) {
         Some(s) => s,
@@ -662,18 +661,18 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
-        let ice_secrets = Arc::new(ArcSwap::from_pointee(secrets));
         let ice = callbox_signal::IceSource {
             stun_urls,
             turn_urls,
-            secrets: Arc::clone(&ice_secrets),
+            secrets: ArcSwap::from_pointee(secrets),
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
         };
-        let app = callbox_signal::state(config.signal.clone(), ice);
-        app.set_api_keys(snapshot.api_keys.iter().cloned().collect());
-        app.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
-        if let Some(sessions) = app.take_session_events() {
+        let role = callbox_signal::SignalRole::new(config.signal.clone(), ice);
+        let control = role.control();
+        control.set_api_keys(snapshot.api_keys.iter().cloned().collect());
+        control.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
+        if let Some(sessions) = control.take_session_events() {
             tokio::spawn(write_history(
                 sessions,
                 session_row,
@@ -682,13 +681,11 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
                 "session",
             ));
         }
-        access.signal = Some(Arc::clone(&app));
-        access.ice_secrets = Some(ice_secrets);
+        access.signal = Some(control);
         ready_fields.push((
             "signal",
             listener.local_addr().map_or("-".into(), |a| a.to_string()),
         ));
-        let role = callbox_signal::SignalRole::new(app);
         let stop = on_shutdown(&stop_rx);
         tasks.push((
             "signal",

@@ -16,11 +16,13 @@
 //! Architecture invariant: the table of per-address counts holds an entry only while the
 //! address has connections, so it is bounded by the listener's cap.
 
+mod bearer;
 mod counted;
 mod limits;
 mod metrics;
 mod serve;
 
+pub use bearer::bearer;
 pub use limits::{ConnectionLimits, Limits, Permit, Refusal};
 pub use metrics::ListenerMetrics;
 pub use serve::serve;

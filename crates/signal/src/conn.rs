@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::hub::{Ended, Hub, Outbox, Verdict};
 use crate::metrics::SignalMetrics;
+use crate::protocol::CloseCode;
 
 /// The hub's handle on a connection: an unbounded queue whose bytes are counted against
 /// the send buffer limit, and a close request.
@@ -21,7 +22,7 @@ pub struct ConnOutbox {
     tx: mpsc::UnboundedSender<Arc<str>>,
     queued: AtomicUsize,
     limit: usize,
-    close: Mutex<Option<(u16, String)>>,
+    close: Mutex<Option<(CloseCode, String)>>,
     notify: Notify,
     metrics: Arc<SignalMetrics>,
 }
@@ -50,7 +51,7 @@ impl ConnOutbox {
         )
     }
 
-    fn take_close(&self) -> Option<(u16, String)> {
+    fn take_close(&self) -> Option<(CloseCode, String)> {
         self.close.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -68,10 +69,10 @@ impl Outbox for ConnOutbox {
         true
     }
 
-    fn close(&self, code: u16, reason: &str) {
+    fn close(&self, code: CloseCode, reason: &str) {
         let mut c = self.close.lock().unwrap_or_else(|e| e.into_inner());
         if c.is_none() {
-            if code == 4013 {
+            if code == CloseCode::TooSlow {
                 self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
                 self.metrics.reject("slow-reader");
             }
@@ -107,22 +108,26 @@ impl std::fmt::Debug for ConnContext {
     }
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
+fn close_message(code: CloseCode, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: code.code(),
         reason: reason.into(),
     }))
 }
 
 /// How the server's own close codes end a peer's membership.
-fn ended_by(code: u16) -> Ended {
+fn ended_by(code: CloseCode) -> Ended {
     match code {
-        1000 => Ended::Left,
-        4000 => Ended::Replaced,
-        4003 | 4009 => Ended::Kicked,
+        CloseCode::Left => Ended::Left,
+        CloseCode::Replaced => Ended::Replaced,
+        CloseCode::Kicked | CloseCode::RoomClosed => Ended::Kicked,
         // Draining: the client reconnects elsewhere with its resume token.
-        4012 => Ended::Dropped,
-        _ => Ended::Error,
+        CloseCode::Draining => Ended::Dropped,
+        CloseCode::BinaryFrame
+        | CloseCode::TooLarge
+        | CloseCode::TooSlow
+        | CloseCode::RateLimited
+        | CloseCode::ResumeRefused => Ended::Error,
     }
 }
 
@@ -174,7 +179,7 @@ where
                     Some(Ok(Message::Text(text))) => {
                         if text.len() > ctx.max_message {
                             hub.metrics.reject("too-large");
-                            let _ = sink.send(close_message(1009, "message too large")).await;
+                            let _ = sink.send(close_message(CloseCode::TooLarge, "message too large")).await;
                             break Ended::Error;
                         }
                         let ice = Arc::clone(&ctx.ice);
@@ -186,15 +191,16 @@ where
                                     ctx.outbox.queued.fetch_sub(t.len(), Ordering::AcqRel);
                                     let _ = sink.send(Message::Text(t.as_ref().into())).await;
                                 }
-                                let reason = if code == 1000 { "left" } else { "rate limit exceeded repeatedly" };
+                                let reason = if code == CloseCode::Left { "left" } else { "rate limit exceeded repeatedly" };
                                 let _ = sink.send(close_message(code, reason)).await;
-                                break if code == 1000 { Ended::Replaced } else { Ended::Error };
+                                // After `leave` the hub has removed the peer already.
+                                break ended_by(code);
                             }
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         hub.metrics.message("binary");
-                        let _ = sink.send(close_message(1003, "binary frames are not accepted")).await;
+                        let _ = sink.send(close_message(CloseCode::BinaryFrame, "binary frames are not accepted")).await;
                         break Ended::Error;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -209,7 +215,7 @@ where
                         let text = e.to_string();
                         if text.contains("limit exceeded") || text.contains("too long") || text.contains("too big") {
                             hub.metrics.reject("too-large");
-                            let _ = sink.send(close_message(1009, "message too large")).await;
+                            let _ = sink.send(close_message(CloseCode::TooLarge, "message too large")).await;
                             break Ended::Error;
                         }
                         break Ended::Dropped;

@@ -18,59 +18,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::error::RefusalCode;
 use crate::metrics::SignalMetrics;
+use crate::protocol::{ClientMessage, CloseCode, LeaveReason, error_body, parse_client_message};
+use crate::rate::{AddrRate, Window};
+use addresses::AddrEntry;
 
 /// Where the hub sends a connection's messages.
 pub trait Outbox: Send + Sync {
     /// Queues a text frame; `false` when the reader is too slow (over its send buffer).
     fn send(&self, text: Arc<str>) -> bool;
     /// Asks the connection to close with `code` (the connection reports back when it did).
-    fn close(&self, code: u16, reason: &str);
-}
-
-/// A peer as admin sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PeerInfo {
-    pub peer_id: String,
-    /// The client address of its current (or, in grace, last) connection.
-    pub addr: IpAddr,
-    /// False while the peer is in its resume grace (no connection).
-    pub connected: bool,
-    /// Wall clock seconds of the first join (a resume continues the same session).
-    pub joined_unix: u64,
-    pub meta: Value,
-    /// Frames received from the peer and handed to the hub (invalid and rate-limited
-    /// ones included).
-    pub messages_in: u64,
-    /// Messages queued for the peer (everything with a `seq`: relayed, presence, errors,
-    /// pongs); replays after a resume are not counted again.
-    pub messages_out: u64,
-}
-
-/// A room with at least one peer, as admin sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RoomInfo {
-    pub room: String,
-    /// In join order.
-    pub peers: Vec<PeerInfo>,
-}
-
-/// A finished signaling session: one peer from its join to its removal, across resumes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SessionRecord {
-    pub room: String,
-    pub peer_id: String,
-    pub addr: IpAddr,
-    pub joined_unix: u64,
-    pub left_unix: u64,
-    /// `left`, `timeout`, `kicked` or `error`: the `peer-left` reason the others got.
-    pub reason: &'static str,
-    pub messages_in: u64,
-    pub messages_out: u64,
+    fn close(&self, code: CloseCode, reason: &str);
 }
 
 /// Limits and timings of the hub.
@@ -116,20 +78,23 @@ pub enum JoinError {
 }
 
 impl JoinError {
-    pub fn status_and_code(self) -> (u16, &'static str, &'static str) {
+    /// The refusal's stable code (and with it the HTTP status).
+    pub fn code(self) -> RefusalCode {
         match self {
-            JoinError::Full => (409, "room-full", "the room is full"),
-            JoinError::ResumeExpired => (
-                410,
-                "resume-expired",
-                "the resume token is unknown, used or past its grace",
-            ),
-            JoinError::ResumeGap => (
-                410,
-                "resume-gap",
-                "messages since last_seq are no longer kept; join afresh",
-            ),
-            JoinError::BadResume => (400, "bad-resume", "last_seq is above the last seq sent"),
+            JoinError::Full => RefusalCode::RoomFull,
+            JoinError::ResumeExpired => RefusalCode::ResumeExpired,
+            JoinError::ResumeGap => RefusalCode::ResumeGap,
+            JoinError::BadResume => RefusalCode::BadResume,
+        }
+    }
+
+    /// What the refusal tells the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            JoinError::Full => "the room is full",
+            JoinError::ResumeExpired => "the resume token is unknown, used or past its grace",
+            JoinError::ResumeGap => "messages since last_seq are no longer kept; join afresh",
+            JoinError::BadResume => "last_seq is above the last seq sent",
         }
     }
 }
@@ -154,7 +119,7 @@ pub enum Ended {
 pub enum Verdict {
     Continue,
     /// Close with this code (1000 after `leave`, 4029 for repeated rate limit abuse).
-    Close(u16),
+    Close(CloseCode),
 }
 
 /// A joined (or resumed) connection's identity.
@@ -163,49 +128,6 @@ pub struct Joined {
     pub peer_id: String,
     pub conn: u64,
     pub resumed: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Window {
-    start: Option<Instant>,
-    count: u32,
-    over: bool,
-    warned: bool,
-    /// Consecutive windows (including this one) in which the limit was passed.
-    streak: u32,
-}
-
-impl Window {
-    /// Counts one message at `now`; true if it is within `limit`.
-    fn hit(&mut self, now: Instant, window: Duration, limit: u32) -> bool {
-        match self.start {
-            Some(s) if now < s + window => {}
-            Some(s) => {
-                let next_adjacent = now < s + window * 2;
-                self.streak = if self.over && next_adjacent {
-                    self.streak
-                } else {
-                    0
-                };
-                *self = Window {
-                    start: Some(now),
-                    streak: self.streak,
-                    ..Window::default()
-                };
-            }
-            None => self.start = Some(now),
-        }
-        self.count += 1;
-        if self.count > limit {
-            if !self.over {
-                self.over = true;
-                self.streak += 1;
-            }
-            false
-        } else {
-            true
-        }
-    }
 }
 
 struct LogEntry {
@@ -260,38 +182,6 @@ struct Shard {
 /// `resume-expired` (still a refusal that makes the client join afresh).
 const MAX_GAP_TOKENS: usize = 4096;
 
-/// Per-address state: live connections and the message window. An entry exists only
-/// while its address has connections, so the table is bounded by connections.
-#[derive(Default)]
-struct AddrEntry {
-    conns: usize,
-    rate: Arc<AddrRate>,
-}
-
-/// An address's message window, shared by its peers and counted without a lock (the
-/// window turn is approximate under races, which a rate limit can afford).
-#[derive(Debug, Default)]
-struct AddrRate {
-    /// Window start, in milliseconds since the hub's epoch.
-    start_ms: AtomicU64,
-    count: AtomicU64,
-}
-
-impl AddrRate {
-    fn hit(&self, now_ms: u64, window_ms: u64, limit: u32) -> bool {
-        let start = self.start_ms.load(Ordering::Relaxed);
-        if now_ms >= start + window_ms
-            && self
-                .start_ms
-                .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.count.store(0, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed) < u64::from(limit)
-    }
-}
-
 /// The signaling state of this process.
 pub struct Hub {
     cfg: HubConfig,
@@ -322,10 +212,6 @@ fn with_seq(seq: u64, body: &str) -> Arc<str> {
     let rest = &body[1..];
     let sep = if rest.starts_with('}') { "" } else { "," };
     Arc::from(format!("{{\"seq\":{seq}{sep}{rest}"))
-}
-
-fn error_body(code: &str, message: &str) -> String {
-    json!({"type": "error", "code": code, "message": message}).to_string()
 }
 
 impl Hub {
@@ -367,46 +253,6 @@ impl Hub {
     }
 
     /// The key `addr` is counted under: an IPv6 address by its prefix.
-    fn addr_key(&self, addr: IpAddr) -> IpAddr {
-        callbox_core::limit_key(addr, self.cfg.ipv6_prefix)
-    }
-
-    /// Counts a connection from `addr`; false when it already has `max`.
-    pub fn connect_address(&self, addr: IpAddr, max: usize) -> bool {
-        let addr = self.addr_key(addr);
-        let mut addrs = lock(&self.addrs);
-        let e = addrs.entry(addr).or_default();
-        if e.conns >= max {
-            if e.conns == 0 {
-                addrs.remove(&addr);
-            }
-            return false;
-        }
-        e.conns += 1;
-        true
-    }
-
-    pub fn disconnect_address(&self, addr: IpAddr) {
-        let addr = self.addr_key(addr);
-        let mut addrs = lock(&self.addrs);
-        if let Some(e) = addrs.get_mut(&addr) {
-            e.conns -= 1;
-            if e.conns == 0 {
-                addrs.remove(&addr);
-            }
-        }
-    }
-
-    /// Connections counted for `addr`.
-    pub fn address_conns(&self, addr: IpAddr) -> usize {
-        lock(&self.addrs).get(&self.addr_key(addr)).map_or(0, |e| e.conns)
-    }
-
-    /// Live per-address entries (bounded by connections).
-    pub fn address_entries(&self) -> usize {
-        lock(&self.addrs).len()
-    }
-
     /// The checks a join or resume will make, without changing anything (for
     /// `/v1/signal/validate` and the pre-upgrade refusal).
     pub fn check(&self, room: &str, resume: Option<(&str, u64)>, now: Instant) -> Result<(), JoinError> {
@@ -596,7 +442,7 @@ impl Hub {
             .collect();
         let peer = r.peers.iter_mut().find(|p| p.id == pid).expect("checked");
         if let Some(old) = peer.outbox.take() {
-            old.close(4000, "replaced by a resumed connection");
+            old.close(CloseCode::Replaced, "replaced by a resumed connection");
         }
         let welcome = json!({
             "type": "welcome",
@@ -650,7 +496,7 @@ impl Hub {
         if let Some(o) = &p.outbox
             && !o.send(text)
         {
-            o.close(4013, "too slow to read");
+            o.close(CloseCode::TooSlow, "too slow to read");
         }
     }
 
@@ -672,11 +518,11 @@ impl Hub {
             room,
             |p| p.outbox.is_none() && p.overflowed,
             None,
-            "timeout",
+            LeaveReason::Timeout,
         );
     }
 
-    fn remove_peer(&self, shard: &mut Shard, room: &str, peer_id: &str, reason: &'static str) {
+    fn remove_peer(&self, shard: &mut Shard, room: &str, peer_id: &str, reason: LeaveReason) {
         self.evict(shard, room, |p| p.id == peer_id, None, reason);
     }
 
@@ -693,8 +539,8 @@ impl Hub {
         shard: &mut Shard,
         room: &str,
         which: impl Fn(&Peer) -> bool,
-        close: Option<(u16, &str)>,
-        reason: &'static str,
+        close: Option<(CloseCode, &str)>,
+        reason: LeaveReason,
     ) -> usize {
         let Some(r) = shard.rooms.get_mut(room) else {
             return 0;
@@ -716,7 +562,7 @@ impl Hub {
                 o.close(code, why);
             }
             shard.tokens.remove(&p.resume_token);
-            let body = json!({"type": "peer-left", "peer_id": p.id, "reason": reason}).to_string();
+            let body = json!({"type": "peer-left", "peer_id": p.id, "reason": reason.as_str()}).to_string();
             for other in r.peers.iter_mut() {
                 Self::deliver(&self.cfg, other, &body);
             }
@@ -740,7 +586,7 @@ impl Hub {
     }
 
     /// Queues the session record of a removed peer, never waiting.
-    fn record(&self, room: &str, p: Peer, left_unix: u64, reason: &'static str) {
+    fn record(&self, room: &str, p: Peer, left_unix: u64, reason: LeaveReason) {
         let Some(tx) = &self.sessions else { return };
         let rec = SessionRecord {
             room: room.to_string(),
@@ -783,15 +629,19 @@ impl Hub {
                 p.outbox = None;
                 p.grace_until = Some(now + self.cfg.grace);
             }
-            Ended::Left => self.remove_peer(shard, room, peer_id, "left"),
-            Ended::Error => self.remove_peer(shard, room, peer_id, "error"),
-            Ended::Kicked => self.remove_peer(shard, room, peer_id, "kicked"),
+            Ended::Left => self.remove_peer(shard, room, peer_id, LeaveReason::Left),
+            Ended::Error => self.remove_peer(shard, room, peer_id, LeaveReason::Error),
+            Ended::Kicked => self.remove_peer(shard, room, peer_id, LeaveReason::Kicked),
         }
     }
 
     /// Ends expired graces (`peer-left` with `timeout`). Call about once a second.
     pub fn tick(&self, now: Instant) {
-        self.evict_everywhere(|p| p.grace_until.is_some_and(|g| g <= now), None, "timeout");
+        self.evict_everywhere(
+            |p| p.grace_until.is_some_and(|g| g <= now),
+            None,
+            LeaveReason::Timeout,
+        );
         for s in &self.shards {
             lock(s).gaps.retain(|_, (_, until)| *until > now);
         }
@@ -801,8 +651,8 @@ impl Hub {
     fn evict_everywhere(
         &self,
         select: impl Fn(&Peer) -> bool,
-        close: Option<(u16, &str)>,
-        reason: &'static str,
+        close: Option<(CloseCode, &str)>,
+        reason: LeaveReason,
     ) -> usize {
         let mut n = 0;
         for s in &self.shards {
@@ -838,104 +688,6 @@ impl Hub {
         }
     }
 
-    /// Closes a room (admin): live connections get 4009, peers in their resume grace are
-    /// dropped with them, and nobody can resume into it. Returns the peers removed, 0 when
-    /// the room has none (admin answers 404). The room is not blocked: a later join opens
-    /// it afresh.
-    pub fn close_room(&self, room: &str) -> usize {
-        let mut shard = lock(self.shard(room));
-        self.evict(
-            &mut shard,
-            room,
-            |_| true,
-            Some((4009, "room closed by admin")),
-            "kicked",
-        )
-    }
-
-    /// Kicks one peer (admin): its connection gets 4003 (clients do not retry), it is
-    /// removed at once rather than when the connection reports, and the others get
-    /// `peer-left` `kicked`. A peer in its resume grace is just removed. False when the room
-    /// has no such peer.
-    pub fn kick_peer(&self, room: &str, peer_id: &str) -> bool {
-        let mut shard = lock(self.shard(room));
-        self.evict(
-            &mut shard,
-            room,
-            |p| p.id == peer_id,
-            Some((4003, "kicked by admin")),
-            "kicked",
-        ) > 0
-    }
-
-    /// Kicks, as [`Hub::kick_peer`] does, every peer whose client address `pred` selects
-    /// (connected or in grace), and returns how many. Used when bans change; `pred` runs
-    /// under shard locks, so it should be a plain lookup.
-    pub fn kick_addresses(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
-        self.evict_everywhere(|p| pred(p.addr), Some((4003, "banned by admin")), "kicked")
-    }
-
-    /// Rooms with at least one peer (connected or in grace), sorted by name, for admin.
-    /// Takes each shard lock in turn: a consistent view per room, not across rooms.
-    pub fn rooms(&self) -> Vec<RoomInfo> {
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let shard = lock(s);
-            out.extend(
-                shard
-                    .rooms
-                    .iter()
-                    .filter(|(_, r)| !r.peers.is_empty())
-                    .map(|(name, r)| Self::room_info(name, r)),
-            );
-        }
-        out.sort_by(|a, b| a.room.cmp(&b.room));
-        out
-    }
-
-    /// One room, or `None` when it has no peers.
-    pub fn room(&self, name: &str) -> Option<RoomInfo> {
-        let shard = lock(self.shard(name));
-        shard
-            .rooms
-            .get(name)
-            .filter(|r| !r.peers.is_empty())
-            .map(|r| Self::room_info(name, r))
-    }
-
-    fn room_info(name: &str, r: &Room) -> RoomInfo {
-        RoomInfo {
-            room: name.to_string(),
-            peers: r
-                .peers
-                .iter()
-                .map(|p| PeerInfo {
-                    peer_id: p.id.clone(),
-                    addr: p.addr,
-                    connected: p.outbox.is_some(),
-                    joined_unix: p.joined_unix,
-                    meta: p.meta.clone(),
-                    messages_in: p.messages_in,
-                    messages_out: p.messages_out,
-                })
-                .collect(),
-        }
-    }
-
-    /// Closes every live connection with `code` (4012 when draining).
-    pub fn close_all(&self, code: u16, reason: &str) {
-        for s in &self.shards {
-            let shard = lock(s);
-            for r in shard.rooms.values() {
-                for p in &r.peers {
-                    if let Some(o) = &p.outbox {
-                        o.close(code, reason);
-                    }
-                }
-            }
-        }
-    }
-
     /// Handles one text frame from `peer_id` on connection `conn`. `ice` is called when
     /// the peer asks for fresh ICE servers.
     pub fn message(
@@ -948,6 +700,9 @@ impl Hub {
         ice: &dyn Fn() -> (Value, u64),
     ) -> Verdict {
         let started = Instant::now();
+        // Parsed before the lock: JSON of up to the message limit is the costly part, and
+        // other rooms of the shard need not wait for it.
+        let parsed = parse_client_message(text);
         let mut shard = lock(self.shard(room));
         let shard = &mut *shard;
         let Some(r) = shard.rooms.get_mut(room) else {
@@ -971,7 +726,7 @@ impl Hub {
             self.metrics.reject("rate-limited");
             let p = &mut r.peers[pi];
             if p.rate.streak >= 3 {
-                return Verdict::Close(4029);
+                return Verdict::Close(CloseCode::RateLimited);
             }
             // One error per window, whichever limit dropped the message.
             let warned = std::mem::replace(&mut p.rate.warned, true);
@@ -984,7 +739,7 @@ impl Hub {
             }
             return Verdict::Continue;
         }
-        let parsed = match parse_client_message(text) {
+        let parsed = match parsed {
             Ok(m) => m,
             Err(msg) => {
                 self.metrics.reject("bad-message");
@@ -1007,8 +762,8 @@ impl Hub {
             }
             ClientMessage::Leave => {
                 self.metrics.message("leave");
-                self.remove_peer(shard, room, peer_id, "left");
-                Verdict::Close(1000)
+                self.remove_peer(shard, room, peer_id, LeaveReason::Left);
+                Verdict::Close(CloseCode::Left)
             }
             ClientMessage::Relay { kind, to, mut object } => {
                 let to_idx = match &to {
@@ -1045,94 +800,11 @@ impl Hub {
             }
         }
     }
-
-    /// Rooms and peers now (for metrics and admin).
-    pub fn counts(&self) -> (usize, usize) {
-        let mut rooms = 0;
-        let mut peers = 0;
-        for s in &self.shards {
-            let shard = lock(s);
-            rooms += shard.rooms.values().filter(|r| !r.peers.is_empty()).count();
-            peers += shard.rooms.values().map(|r| r.peers.len()).sum::<usize>();
-        }
-        (rooms, peers)
-    }
 }
 
-/// A validated client message.
-enum ClientMessage {
-    Ping,
-    IceServers,
-    Leave,
-    Relay {
-        kind: &'static str,
-        to: Option<String>,
-        /// The sender's object minus `to`, `from` and `seq`.
-        object: Map<String, Value>,
-    },
-}
-
-fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(mut object) = value else {
-        return Err("a message is a JSON object".into());
-    };
-    let kind = match object.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        Some(_) => return Err("`type` must be a string".into()),
-        None => return Err("`type` is required".into()),
-    };
-    let to = match object.remove("to") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err("`to` must be a string or null".into()),
-    };
-    object.remove("from");
-    object.remove("seq");
-    let string_or_null = |o: &Map<String, Value>, k: &str| -> Result<(), String> {
-        match o.get(k) {
-            None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
-            Some(_) => Err(format!("`{k}` must be a string or null")),
-        }
-    };
-    let kind: &'static str = match kind.as_str() {
-        "ping" => return Ok(ClientMessage::Ping),
-        "ice-servers" => return Ok(ClientMessage::IceServers),
-        "leave" => return Ok(ClientMessage::Leave),
-        "offer" | "answer" => {
-            match object.get("sdp") {
-                Some(Value::String(s)) if !s.is_empty() => {}
-                _ => return Err("`sdp` must be a non-empty string".into()),
-            }
-            if kind == "offer" { "offer" } else { "answer" }
-        }
-        "candidate" => {
-            match object.get("candidate") {
-                Some(Value::String(_)) => {}
-                _ => return Err("`candidate` must be a string".into()),
-            }
-            string_or_null(&object, "sdpMid")?;
-            string_or_null(&object, "usernameFragment")?;
-            match object.get("sdpMLineIndex") {
-                None | Some(Value::Null) => {}
-                Some(Value::Number(n)) if n.as_u64().is_some() => {}
-                Some(_) => return Err("`sdpMLineIndex` must be an integer >= 0 or null".into()),
-            }
-            "candidate"
-        }
-        "message" => {
-            if !object.contains_key("data") {
-                return Err("`data` is required".into());
-            }
-            "message"
-        }
-        other => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(format!("unknown type `{shown}`"));
-        }
-    };
-    Ok(ClientMessage::Relay { kind, to, object })
-}
-
+mod addresses;
+mod admin;
 #[cfg(test)]
 mod tests;
+
+pub use admin::{PeerInfo, RoomInfo, SessionRecord};

@@ -20,8 +20,8 @@ impl Outbox for Memory {
         sent.push(serde_json::from_str(&text).unwrap());
         true
     }
-    fn close(&self, code: u16, _reason: &str) {
-        self.closed.lock().unwrap().get_or_insert(code);
+    fn close(&self, code: CloseCode, _reason: &str) {
+        self.closed.lock().unwrap().get_or_insert(code.code());
     }
 }
 
@@ -172,7 +172,7 @@ fn ping_ice_and_leave() {
     assert_eq!(got[0]["ice_servers"][0]["urls"][0], "stun:x");
     assert_eq!(
         h.message("r", &b.peer_id, b.conn, r#"{"type":"leave"}"#, now, &no_ice),
-        Verdict::Close(1000)
+        Verdict::Close(CloseCode::Left)
     );
     let got = ma.take();
     assert_eq!(
@@ -389,7 +389,7 @@ fn rate_limits_warn_once_then_close() {
         } else {
             assert_eq!(
                 verdicts.last(),
-                Some(&Verdict::Close(4029)),
+                Some(&Verdict::Close(CloseCode::RateLimited)),
                 "third window over the limit"
             );
         }
@@ -583,7 +583,7 @@ fn kick_peer_closes_4003_removes_at_once_and_kills_the_resume_token() {
     let recs = records(&mut rx);
     assert_eq!(recs.len(), 1, "one record per session");
     assert_eq!(
-        (recs[0].peer_id.as_str(), recs[0].reason),
+        (recs[0].peer_id.as_str(), recs[0].reason.as_str()),
         (b.peer_id.as_str(), "kicked")
     );
 
@@ -648,7 +648,10 @@ fn close_room_removes_everyone_including_peers_in_grace() {
     let mut want = vec![a.peer_id.clone(), b.peer_id.clone(), c.peer_id.clone()];
     want.sort();
     assert_eq!(recs.iter().map(|r| r.peer_id.clone()).collect::<Vec<_>>(), want);
-    assert!(recs.iter().all(|r| r.reason == "kicked" && r.room == "r"));
+    assert!(
+        recs.iter()
+            .all(|r| r.reason.as_str() == "kicked" && r.room == "r")
+    );
 
     assert_eq!(h.close_room("r"), 0, "gone");
     assert_eq!(h.close_room("never"), 0);
@@ -730,7 +733,10 @@ fn kick_addresses_sweeps_every_room_and_grace() {
     assert_gauges(&h);
     let recs = records(&mut rx);
     assert_eq!(recs.len(), 4);
-    assert!(recs.iter().all(|r| r.reason == "kicked" && net.contains(r.addr)));
+    assert!(
+        recs.iter()
+            .all(|r| r.reason.as_str() == "kicked" && net.contains(r.addr))
+    );
     assert_eq!(h.kick_addresses(|ip| net.contains(ip)), 0);
     assert_eq!(h.room("one").unwrap().peers[0].peer_id, g1.peer_id);
     let _ = z3;
@@ -826,7 +832,7 @@ fn session_records_carry_reason_counters_and_span_resumes() {
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
     assert_eq!(
-        (r.room.as_str(), r.peer_id.as_str(), r.addr, r.reason),
+        (r.room.as_str(), r.peer_id.as_str(), r.addr, r.reason.as_str()),
         ("r", b.peer_id.as_str(), ip2, "left")
     );
     // In: ping and leave; out: the relayed message and the pong (not the replay).
@@ -839,7 +845,10 @@ fn session_records_carry_reason_counters_and_span_resumes() {
     h.ended("r", &a.peer_id, a.conn, Ended::Dropped, now);
     h.tick(now + Duration::from_secs(31));
     let recs = records(&mut rx);
-    let got: Vec<(&str, &str)> = recs.iter().map(|r| (r.peer_id.as_str(), r.reason)).collect();
+    let got: Vec<(&str, &str)> = recs
+        .iter()
+        .map(|r| (r.peer_id.as_str(), r.reason.as_str()))
+        .collect();
     assert_eq!(
         got,
         [(c.peer_id.as_str(), "error"), (a.peer_id.as_str(), "timeout")]

@@ -1,0 +1,203 @@
+//! The WebSocket endpoint: admission, the upgrade, and one connection's join (or resume)
+//! and run to its end; `/v1/signal/validate` answers the same checks without upgrading.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use crate::SUBPROTOCOL;
+use crate::admission::{Admission, admit};
+use crate::conn::{self, ConnContext, ConnOutbox};
+use crate::error::{Refusal, RefusalCode};
+use crate::role::AppState;
+
+pub(crate) async fn signal_validate(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let ip = callbox_core::policy::canonical(peer.ip());
+    if let Err(secs) = app.http_limiter.hit(
+        callbox_core::limit_key(ip, app.cfg.ipv6_prefix_len),
+        Instant::now(),
+    ) {
+        app.metrics.reject(RefusalCode::RateLimited.as_str());
+        let mut r = Refusal::new(RefusalCode::RateLimited, "too many requests");
+        r.retry_after = Some(secs);
+        return r.into_response();
+    }
+    match admit(&app, &headers, &q, ip, true) {
+        Ok(_) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"ok":true}"#,
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+pub(crate) async fn signal_ws(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ip = callbox_core::policy::canonical(peer.ip());
+    let admission = match admit(&app, &headers, &q, ip, true) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if !app.hub.connect_address(ip, app.cfg.max_connections_per_address) {
+        app.metrics.reject(RefusalCode::TooManyConnections.as_str());
+        return Refusal::new(
+            RefusalCode::TooManyConnections,
+            "too many connections from this address",
+        )
+        .into_response();
+    }
+    if admission.resume.is_none()
+        && let Err(e) = app.hub.reserve(&admission.room)
+    {
+        app.hub.disconnect_address(ip);
+        let r: Refusal = e.into();
+        app.metrics.reject(r.code.as_str());
+        return r.into_response();
+    }
+    let limit = app.cfg.max_message_bytes;
+    let fail_app = Arc::clone(&app);
+    let fail_room = admission.room.clone();
+    let reserved = admission.resume.is_none();
+    // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
+    // 128 KiB read buffer (it grows for large messages, up to the message limit).
+    ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(4096)
+        // Frames are collected up to 16 KiB and written with one system call when the
+        // connection task flushes (after draining its queue).
+        .write_buffer_size(16 * 1024)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_failed_upgrade(move |_| {
+            if reserved {
+                fail_app.hub.unreserve(&fail_room);
+            }
+            fail_app.hub.disconnect_address(ip);
+        })
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            run_connection(app, admission, ip, sink, stream).await;
+        })
+}
+
+/// Joins (or resumes) and drives one connection to its end.
+pub(crate) async fn run_connection<S, R, E>(
+    app: Arc<AppState>,
+    admission: Admission,
+    ip: IpAddr,
+    sink: S,
+    stream: R,
+) where
+    S: futures_util::Sink<axum::extract::ws::Message> + Unpin,
+    R: futures_util::Stream<Item = Result<axum::extract::ws::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    app.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
+    let ttl = app.ice.default_ttl;
+    let room = admission.room.clone();
+    let joined = match &admission.resume {
+        Some((token, last_seq)) => {
+            // The user id of a resumed peer's credentials: the token's, or its peer id.
+            let user = admission.identity.user.clone();
+            let list = app.ice.build(user.as_deref().unwrap_or("anon"), ttl);
+            app.hub.resume(
+                &room,
+                token,
+                *last_seq,
+                ip,
+                outbox.clone(),
+                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
+                Instant::now(),
+            )
+        }
+        None => {
+            let user = admission
+                .identity
+                .user
+                .clone()
+                .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
+            let list = app.ice.build(&user, ttl);
+            Ok(app.hub.join(
+                &room,
+                admission.identity.meta.clone(),
+                ip,
+                outbox.clone(),
+                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
+            ))
+        }
+    };
+    match joined {
+        Ok(j) => {
+            tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
+            // A ban stored after this request's admission check but before its join: the
+            // ban's sweep may have missed the peer, but this load sees the new list.
+            if app.is_banned(ip) {
+                app.hub.kick_peer(&room, &j.peer_id);
+            }
+            let ice_app = Arc::clone(&app);
+            let user = admission
+                .identity
+                .user
+                .clone()
+                .unwrap_or_else(|| j.peer_id.clone());
+            let ice = Arc::new(move || {
+                let list = ice_app.ice.build(&user, ttl);
+                (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
+            });
+            let ctx = ConnContext {
+                hub: Arc::clone(&app.hub),
+                room: room.clone(),
+                peer_id: j.peer_id.clone(),
+                conn: j.conn,
+                addr: ip,
+                outbox,
+                rx,
+                heartbeat: Duration::from_millis(app.cfg.heartbeat_ms),
+                max_message: app.cfg.max_message_bytes,
+                ice,
+                ice_ttl: ttl,
+            };
+            conn::drive(sink, stream, ctx).await;
+            tracing::info!(room = %room, peer = %j.peer_id, "peer disconnected");
+        }
+        Err(e) => {
+            // The resume became invalid between the check and the upgrade.
+            let (code, message) = (e.code().as_str(), e.message());
+            let mut sink = sink;
+            let _ = futures_util::SinkExt::send(
+                &mut sink,
+                axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: crate::protocol::CloseCode::ResumeRefused.code(),
+                    reason: format!("{code}: {message}").into(),
+                })),
+            )
+            .await;
+        }
+    }
+    app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    app.hub.disconnect_address(ip);
+}
