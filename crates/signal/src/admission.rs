@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::http::{HeaderMap, header};
-use callbox_core::config::{AuthMode, Signal as SignalConfig};
+use callbox_core::config::{Signal as SignalConfig, SignalAuth};
 use serde_json::json;
 
 use crate::SUBPROTOCOL;
@@ -95,7 +95,7 @@ pub(crate) fn admit(
         }
     }
     let identity = match &app.cfg.auth {
-        AuthMode::Jwt => {
+        SignalAuth::Jwt => {
             let token = q
                 .get("token")
                 .map(String::as_str)
@@ -111,7 +111,7 @@ pub(crate) fn admit(
             }
             id
         }
-        _ => Identity {
+        SignalAuth::Open => Identity {
             user: None,
             meta: json!({}),
             rooms: None,

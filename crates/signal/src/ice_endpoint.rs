@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use callbox_core::SecretSet;
-use callbox_core::config::AuthMode;
+use callbox_core::config::IceAuth;
 use callbox_core::credentials::valid_user_id;
 use callbox_core::ice;
 use serde_json::Value;
@@ -185,7 +185,7 @@ fn ice_servers_inner(
     }
     // Who is asking decides the default user id.
     let default_user = match app.cfg.ice_auth {
-        AuthMode::Open => {
+        IceAuth::Open => {
             if let Err(secs) = app.http_limiter.hit(
                 callbox_core::limit_key(ip, app.cfg.ipv6_prefix_len),
                 Instant::now(),
@@ -196,7 +196,7 @@ fn ice_servers_inner(
             }
             None
         }
-        AuthMode::ApiKey => {
+        IceAuth::ApiKey => {
             let presented = headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
@@ -209,7 +209,7 @@ fn ice_servers_inner(
                     .ok_or_else(|| Refusal::new(RefusalCode::Unauthorized, "unknown API key"))?,
             )
         }
-        AuthMode::Jwt => {
+        IceAuth::Jwt => {
             jwt_identity(
                 &app.cfg,
                 callbox_http::bearer(headers).or_else(|| param_str(params, "token")),

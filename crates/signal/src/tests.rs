@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use axum::http::HeaderMap;
-use callbox_core::config::AuthMode;
+use callbox_core::config::IceAuth;
 use callbox_core::config::Signal as SignalConfig;
 use callbox_core::policy::Cidr;
 use callbox_core::{Secret, SecretSet};
@@ -209,7 +209,7 @@ async fn a_ban_racing_an_upgrade_still_closes_the_connection() {
 #[tokio::test]
 async fn store_api_keys_are_matched_by_digest() {
     let app = app(SignalConfig {
-        ice_auth: AuthMode::ApiKey,
+        ice_auth: IceAuth::ApiKey,
         api_keys: vec![ApiKey {
             name: "from-config".into(),
             key: Secret::new("config-key"),

@@ -1,0 +1,197 @@
+//! Loading and validation, errors with their keys and origins.
+
+use super::*;
+
+fn file(text: &str) -> ConfigFile {
+    ConfigFile {
+        path: "test.toml".into(),
+        text: text.into(),
+    }
+}
+
+#[test]
+fn empty_is_default() {
+    assert_eq!(Config::load(Some(&file("")), &[]).unwrap(), Config::default());
+    assert_eq!(Config::load(None, &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn unknown_key_names_key_line_and_column() {
+    let errs = Config::load(Some(&file("[turn]\nrealm = \"x\"\nuser_qota = 3\n")), &[]).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!(
+        e.origin,
+        Origin::File {
+            path: "test.toml".into(),
+            line: 3,
+            column: 1
+        }
+    );
+    assert_eq!(e.key.as_deref(), Some("turn.user_qota"));
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn a_listener_inside_the_relay_range_names_both_keys() {
+    let text = "[turn]\nlisten = [\"0.0.0.0:3478\", \"127.0.0.1:50000\"]\nhttp_listen = \"127.0.0.1:0\"\n[signal]\nlisten = \"0.0.0.0:49152\"\n";
+    let errs = Config::load(Some(&file(text)), &[]).unwrap_err();
+    let keys: Vec<&str> = errs.iter().filter_map(|e| e.key.as_deref()).collect();
+    assert_eq!(keys, ["turn.listen.1", "signal.listen"], "{errs:?}");
+    for e in &errs {
+        assert!(
+            e.message
+                .contains("turn.relay_port_min..turn.relay_port_max (49152-65535)"),
+            "{e}"
+        );
+    }
+    // Moving the range clears it; port 0 (any free port) is never refused.
+    let ok = "[turn]\nrelay_port_min = 20000\nrelay_port_max = 30000\nlisten = [\"127.0.0.1:50000\"]\nhttp_listen = \"127.0.0.1:0\"\n";
+    assert!(Config::load(Some(&file(ok)), &[]).is_ok());
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let errs = Config::load(Some(&file("[turn]\n\nuser_quota = \"many\"\n")), &[]).unwrap_err();
+    let e = &errs[0];
+    assert_eq!(e.key.as_deref(), Some("turn.user_quota"));
+    assert!(
+        matches!(
+            e.origin,
+            Origin::File {
+                line: 3,
+                column: 14,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let errs = Config::load(Some(&file("[turn]\nallow_peers = [\"10.0.0.1/8\"]\n")), &[]).unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("turn.allow_peers"), "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("did you mean `10.0.0.0/8`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let errs = Config::load(Some(&file("[turn]\nrealm = \n")), &[]).unwrap_err();
+    assert!(
+        matches!(errs[0].origin, Origin::File { line: 2, .. }),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn semantic_errors_point_at_the_key() {
+    let errs = Config::load(
+        Some(&file("[turn]\nrelay_port_min = 60000\nrelay_port_max = 50000\n")),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("turn.relay_port_min"));
+    assert!(
+        matches!(
+            errs[0].origin,
+            Origin::File {
+                line: 2,
+                column: 1,
+                ..
+            }
+        ),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn overrides_win_in_order_and_are_named_in_errors() {
+    let env = Override::from_env(vec![
+        ("CALLBOX_TURN__USER_QUOTA".to_string(), "4".to_string()),
+        ("CALLBOX_TURN__REALM".to_string(), "example.com".to_string()),
+        ("CALLBOX_CONFIG".to_string(), "ignored".to_string()),
+        ("HOME".to_string(), "/root".to_string()),
+    ]);
+    assert_eq!(env.len(), 2);
+    let flag = Override::from_flag("turn.user_quota=7").unwrap();
+    let mut all = env.clone();
+    all.push(flag);
+    let c = Config::load(Some(&file("[turn]\nuser_quota = 2\n")), &all).unwrap();
+    assert_eq!(c.turn.user_quota, 7);
+    assert_eq!(c.turn.realm, "example.com");
+
+    let bad = Override::from_env(vec![("CALLBOX_TURN__USER_QUOTA".into(), "lots".into())]);
+    let errs = Config::load(None, &bad).unwrap_err();
+    assert_eq!(errs[0].origin, Origin::Env("CALLBOX_TURN__USER_QUOTA".into()));
+    assert_eq!(errs[0].key.as_deref(), Some("turn.user_quota"));
+
+    let errs = Config::load(None, &[Override::from_flag("turn.nope=1").unwrap()]).unwrap_err();
+    assert_eq!(errs[0].origin, Origin::Flag("turn.nope=1".into()));
+    assert!(Override::from_flag("novalue").is_err());
+}
+
+#[test]
+fn redacted_output_hides_secrets() {
+    let c = Config::load(
+        Some(&file(
+            "[auth]\nsecrets = [\"topsecret\"]\nstatic_users = [{name = \"bob\", password = \"pw123\"}]\n",
+        )),
+        &[],
+    )
+    .unwrap();
+    let out = c.to_redacted_toml();
+    assert!(!out.contains("topsecret") && !out.contains("pw123"), "{out}");
+    assert!(out.contains("<redacted>"));
+    // The printed form of a config without secrets parses back to the same config.
+    let plain = Config::default().to_redacted_toml();
+    assert_eq!(Config::load(Some(&file(&plain)), &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn external_ip_forms() {
+    let e: ExternalIp = "203.0.113.4/10.0.0.5".parse().unwrap();
+    assert_eq!(e.public.to_string(), "203.0.113.4");
+    assert_eq!(e.private.unwrap().to_string(), "10.0.0.5");
+    assert!("203.0.113.4".parse::<ExternalIp>().unwrap().private.is_none());
+    assert!("203.0.113.4/::1".parse::<ExternalIp>().is_err());
+    assert!("nope".parse::<ExternalIp>().is_err());
+}
+
+#[test]
+fn static_user_error_names_index() {
+    let errs = Config::load(
+        Some(&file(
+            "[auth]\n[[auth.static_users]]\nname = \"123:x\"\npassword = \"p\"\n",
+        )),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("auth.static_users.0.name"));
+    assert!(
+        matches!(errs[0].origin, Origin::File { line: 3, .. }),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn api_keys_are_no_signal_auth_mode() {
+    let errs = Config::load(Some(&file("[signal]\nauth = \"api-key\"\n")), &[]).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].key.as_deref(), Some("signal.auth"), "{errs:?}");
+    assert!(
+        errs[0].message.contains("`open`") && errs[0].message.contains("`jwt`"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        matches!(errs[0].origin, Origin::File { line: 2, .. }),
+        "{}",
+        errs[0]
+    );
+    let ok = Config::load(Some(&file("[signal]\nice_auth = \"api-key\"\n")), &[]).unwrap();
+    assert_eq!(ok.signal.ice_auth, IceAuth::ApiKey);
+}

@@ -1,0 +1,236 @@
+//! The rules types alone cannot state (ranges, rules across keys), each problem named by
+//! its dotted key.
+
+use super::*;
+
+impl Config {
+    /// Rules that types alone can't state. Each problem names its key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let t = &self.turn;
+        if t.realm.is_empty() || t.realm.len() > 127 || t.realm.contains('"') {
+            p.push((
+                "turn.realm".into(),
+                "must be 1-127 characters without `\"`".into(),
+            ));
+        }
+        if t.listen.is_empty() {
+            p.push(("turn.listen".into(), "at least one listener is needed".into()));
+        }
+        if t.relay_port_min > t.relay_port_max {
+            p.push((
+                "turn.relay_port_min".into(),
+                format!(
+                    "{} is above turn.relay_port_max ({})",
+                    t.relay_port_min, t.relay_port_max
+                ),
+            ));
+        }
+        if t.relay_port_min == 0 {
+            p.push(("turn.relay_port_min".into(), "must be at least 1".into()));
+        }
+        if t.default_lifetime == 0 {
+            p.push(("turn.default_lifetime".into(), "must be at least 1 second".into()));
+        }
+        if t.max_lifetime < t.default_lifetime {
+            p.push((
+                "turn.max_lifetime".into(),
+                format!(
+                    "{} is below turn.default_lifetime ({})",
+                    t.max_lifetime, t.default_lifetime
+                ),
+            ));
+        }
+        if t.nonce_lifetime < 10 {
+            p.push(("turn.nonce_lifetime".into(), "must be at least 10 seconds".into()));
+        }
+        if t.total_quota == 0 {
+            p.push(("turn.total_quota".into(), "must be at least 1".into()));
+        }
+        if t.workers > 256 {
+            p.push(("turn.workers".into(), "must be 0 (one per core) to 256".into()));
+        }
+        if let Some(ip) = t.relay_ip
+            && (ip.is_unspecified() || ip.is_multicast())
+        {
+            p.push(("turn.relay_ip".into(), format!("{ip} cannot be a relay address")));
+        }
+        if let Some(ip) = t.relay_ipv6
+            && (ip.is_unspecified() || ip.is_multicast() || ip.to_ipv4_mapped().is_some())
+        {
+            p.push((
+                "turn.relay_ipv6".into(),
+                format!("{ip} cannot be a relay address"),
+            ));
+        }
+        for (key, v) in [
+            ("turn.http_max_connections", t.http_max_connections as u64),
+            ("turn.reservation_lifetime", t.reservation_lifetime),
+            ("turn.max_reservations", t.max_reservations as u64),
+        ] {
+            if v == 0 {
+                p.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if t.unauthenticated_rate > 0 && t.unauthenticated_burst == 0 {
+            p.push((
+                "turn.unauthenticated_burst".into(),
+                "must be at least 1 when turn.unauthenticated_rate is set".into(),
+            ));
+        }
+        // A listener inside the relay range could be handed out as a relay port (or
+        // taken by one), and the relay could be pointed at its own listener.
+        let relay_range = t.relay_port_min..=t.relay_port_max;
+        let mut listeners: Vec<(String, SocketAddr)> = t
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("turn.listen.{i}"), *a))
+            .collect();
+        listeners.extend(t.http_listen.map(|a| ("turn.http_listen".to_string(), a)));
+        listeners.push(("signal.listen".into(), self.signal.listen));
+        listeners.push(("admin.listen".into(), self.admin.listen));
+        for (key, addr) in listeners {
+            if addr.port() != 0 && relay_range.contains(&addr.port()) {
+                p.push((
+                    key,
+                    format!(
+                        "port {} is inside the relay port range turn.relay_port_min..turn.relay_port_max ({}-{}); move one of them",
+                        addr.port(),
+                        t.relay_port_min,
+                        t.relay_port_max
+                    ),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("turn.ipv6_prefix_len", t.ipv6_prefix_len),
+            ("signal.ipv6_prefix_len", self.signal.ipv6_prefix_len),
+        ] {
+            if v == 0 || v > 128 {
+                p.push((key.into(), "must be 1..=128".into()));
+            }
+        }
+        let sg = &self.signal;
+        let uses_jwt = sg.auth == SignalAuth::Jwt || sg.ice_auth == IceAuth::Jwt;
+        if uses_jwt && sg.jwt_secret.is_none() {
+            p.push((
+                "signal.jwt_secret".into(),
+                "is required when signal.auth or signal.ice_auth is `jwt`".into(),
+            ));
+        }
+        for (i, k) in sg.api_keys.iter().enumerate() {
+            if !crate::credentials::valid_user_id(&k.name) {
+                p.push((
+                    format!("signal.api_keys.{i}.name"),
+                    "must be 1-64 of A-Za-z0-9_.@-".into(),
+                ));
+            }
+            if k.key.expose().len() < 16 {
+                p.push((
+                    format!("signal.api_keys.{i}.key"),
+                    "must be at least 16 characters".into(),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("signal.room_capacity", sg.room_capacity as u64),
+            ("signal.max_message_bytes", sg.max_message_bytes as u64),
+            ("signal.heartbeat_ms", sg.heartbeat_ms),
+            ("signal.resume_log_messages", sg.resume_log_messages as u64),
+            ("signal.resume_log_bytes", sg.resume_log_bytes as u64),
+            ("signal.send_buffer_bytes", sg.send_buffer_bytes as u64),
+            (
+                "signal.max_connections_per_address",
+                sg.max_connections_per_address as u64,
+            ),
+            ("signal.rate_per_connection", u64::from(sg.rate_per_connection)),
+            ("signal.rate_per_address", u64::from(sg.rate_per_address)),
+            ("signal.rate_per_room", u64::from(sg.rate_per_room)),
+            (
+                "signal.http_rate_per_address",
+                u64::from(sg.http_rate_per_address),
+            ),
+            ("signal.max_connections", sg.max_connections as u64),
+            ("admin.max_connections", self.admin.max_connections as u64),
+            (
+                "admin.max_connections_per_address",
+                self.admin.max_connections_per_address as u64,
+            ),
+        ] {
+            if v == 0 {
+                p.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if sg.room_capacity > 1000 {
+            p.push(("signal.room_capacity".into(), "must be at most 1000".into()));
+        }
+        if sg.heartbeat_ms < 100 {
+            p.push(("signal.heartbeat_ms".into(), "must be at least 100".into()));
+        }
+        for (key, v) in [
+            ("signal.header_timeout_ms", sg.header_timeout_ms),
+            ("admin.header_timeout_ms", self.admin.header_timeout_ms),
+            ("turn.http_header_timeout_ms", t.http_header_timeout_ms),
+        ] {
+            if v < 100 {
+                p.push((key.into(), "must be at least 100".into()));
+            }
+        }
+        for (i, o) in sg.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                p.push((
+                    format!("signal.allowed_origins.{i}"),
+                    format!("`{o}` is not `*` or an http(s) origin"),
+                ));
+            }
+        }
+        for (name, urls) in [
+            ("signal.turn_urls", &sg.turn_urls),
+            ("signal.stun_urls", &sg.stun_urls),
+        ] {
+            for (i, u) in urls.iter().enumerate() {
+                let ok = if name == "signal.turn_urls" {
+                    u.starts_with("turn:") || u.starts_with("turns:")
+                } else {
+                    u.starts_with("stun:") || u.starts_with("stuns:")
+                };
+                if !ok {
+                    p.push((
+                        format!("{name}.{i}"),
+                        format!("`{u}` is not a {} URL", &name[7..11]),
+                    ));
+                }
+            }
+        }
+        let ad = &self.admin;
+        if ad.max_body_bytes < 1024 {
+            p.push(("admin.max_body_bytes".into(), "must be at least 1024".into()));
+        }
+        if ad.auth_failures_per_minute == 0 {
+            p.push((
+                "admin.auth_failures_per_minute".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let a = &self.auth;
+        if a.credential_ttl == 0 || a.credential_ttl > a.max_credential_ttl {
+            p.push((
+                "auth.credential_ttl".into(),
+                format!("must be 1..=auth.max_credential_ttl ({})", a.max_credential_ttl),
+            ));
+        }
+        for (i, u) in a.static_users.iter().enumerate() {
+            if u.name.is_empty()
+                || u.name.len() > 255
+                || crate::credentials::RestUsername::parse(&u.name).is_some()
+            {
+                p.push((
+                    format!("auth.static_users.{i}.name"),
+                    "must be 1-255 characters and not look like a REST username (`<digits>:...`)".into(),
+                ));
+            }
+        }
+        p
+    }
+}
