@@ -7,6 +7,7 @@
 //! with `general.reserved_descriptors` left over, so that a full listener never takes the
 //! descriptors the relay, the store and the other listeners need.
 
+use crate::role::Role;
 use callbox_core::Config;
 
 /// Descriptors of the relay besides its allocations: listener sockets per worker, the
@@ -24,17 +25,17 @@ pub fn raise_limit() -> std::io::Result<(u64, u64)> {
 
 /// What the listeners and the relay may hold under `limit`. Lowers
 /// `signal.max_connections` when the caps do not fit, and says so.
-pub fn fit(config: &mut Config, limit: u64, roles: &[String], workers: usize) -> Vec<String> {
-    let has = |r: &str| roles.iter().any(|x| x == r);
+pub fn fit(config: &mut Config, limit: u64, roles: &[Role], workers: usize) -> Vec<String> {
+    let has = |r: Role| roles.contains(&r);
     let mut notes = Vec::new();
     let mut fixed = config.general.reserved_descriptors;
-    if has("turn") {
+    if has(Role::Turn) {
         fixed += relay_fixed(config, workers) + u64::from(config.turn.total_quota);
         if config.turn.http_listen.is_some() {
             fixed += config.turn.http_max_connections as u64;
         }
     }
-    if has("admin") {
+    if has(Role::Admin) {
         fixed += config.admin.max_connections as u64;
     }
     if fixed >= limit {
@@ -45,7 +46,7 @@ pub fn fit(config: &mut Config, limit: u64, roles: &[String], workers: usize) ->
             config.turn.total_quota, config.general.reserved_descriptors
         ));
     }
-    if has("signal") {
+    if has(Role::Signal) {
         let room = limit.saturating_sub(fixed).max(64) as usize;
         if config.signal.max_connections > room {
             notes.push(format!(
@@ -62,8 +63,8 @@ pub fn fit(config: &mut Config, limit: u64, roles: &[String], workers: usize) ->
 mod tests {
     use super::*;
 
-    fn roles() -> Vec<String> {
-        ["signal", "turn", "admin"].map(String::from).to_vec()
+    fn roles() -> Vec<Role> {
+        vec![Role::Signal, Role::Turn, Role::Admin]
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod admin_cli;
 mod descriptors;
 mod live;
 mod logging;
+mod role;
 mod serve;
 mod settings;
 mod state;
@@ -47,9 +48,9 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Roles to run, comma-separated (signal, turn, admin).
-        #[arg(long, value_delimiter = ',', default_value = "signal,turn,admin")]
-        roles: Vec<String>,
+        /// Roles to run, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "signal,turn,admin")]
+        roles: Vec<role::Role>,
     },
     /// Call the admin API of a running callbox (token from the state directory).
     Admin {

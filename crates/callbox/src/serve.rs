@@ -15,10 +15,10 @@ use turn_proto::Event;
 use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
 
 use crate::access::{self, Access, Snapshot};
+use crate::role::Role;
 use crate::settings::Loaded;
 use crate::state;
 
-const ROLES: &[&str] = &["signal", "turn", "admin"];
 /// The store's file in the state directory.
 pub const STORE_FILE: &str = "callbox.db";
 
@@ -512,17 +512,12 @@ fn on_shutdown(
     }
 }
 
-pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
-    for r in &roles {
-        anyhow::ensure!(
-            ROLES.contains(&r.as_str()),
-            "unknown role `{r}` (known: {})",
-            ROLES.join(", ")
-        );
-    }
-    let run_turn = roles.iter().any(|r| r == "turn");
-    let run_signal = roles.iter().any(|r| r == "signal");
-    let mut run_admin = roles.iter().any(|r| r == "admin");
+pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
+    roles.sort();
+    roles.dedup();
+    let run_turn = roles.contains(&Role::Turn);
+    let run_signal = roles.contains(&Role::Signal);
+    let mut run_admin = roles.contains(&Role::Admin);
     let mut loaded = loaded;
     match crate::descriptors::raise_limit() {
         Ok((before, after)) => {
@@ -701,7 +696,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         let redacted: toml::Value = toml::from_str(&config.to_redacted_toml()).context("redacted config")?;
         let info = callbox_admin::AdminInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            roles: roles.clone(),
+            roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
             started,
             realm: config.turn.realm.clone(),
             config: serde_json::to_value(redacted).context("redacted config")?,
@@ -748,7 +743,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
     }
     let fields: Vec<String> = ready_fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(
-        roles = %roles.join(","),
+        roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
         state_dir = %loaded.state_dir.display(),
         config = %loaded.source,
         "callbox ready {}",
