@@ -7,8 +7,9 @@
 //! with `general.reserved_descriptors` left over, so that a full listener never takes the
 //! descriptors the relay, the store and the other listeners need.
 
-use crate::role::Role;
 use callbox_core::Config;
+
+use crate::role::Role;
 
 /// Descriptors of the relay besides its allocations: listener sockets per worker, the
 /// mio poll and waker, per worker.
