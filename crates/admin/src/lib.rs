@@ -17,6 +17,7 @@ pub mod client;
 mod error;
 mod extract;
 mod lockout;
+mod role;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use sha2::{Digest, Sha256};
 
 pub use api::{AllocationView, ChannelView, PeerView, RoomView};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use role::AdminRole;
 
 /// A boxed future, so [`Live`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

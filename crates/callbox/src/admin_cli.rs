@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::serve::{STORE_FILE, TOKEN_FILE};
+use crate::bootstrap::{STORE_FILE, TOKEN_FILE};
 use crate::settings::Loaded;
 
 /// Options of every `callbox admin` command.
@@ -559,7 +559,7 @@ fn backup(loaded: &Loaded, file: &Path) -> anyhow::Result<u8> {
 
 fn rotate_token(loaded: &Loaded) -> anyhow::Result<u8> {
     let store = open_store(loaded)?;
-    let path = crate::serve::write_new_token(&store, &loaded.state_dir, "cli")?;
+    let path = crate::bootstrap::write_new_token(&store, &loaded.state_dir, "cli")?;
     println!(
         "new admin token written to {}; the previous one no longer works",
         path.display()

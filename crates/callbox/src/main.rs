@@ -3,7 +3,9 @@
 
 mod access;
 mod admin_cli;
+mod bootstrap;
 mod descriptors;
+mod history;
 mod live;
 mod logging;
 mod role;

@@ -7,61 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use callbox_core::credentials::{LongTermKey, SecretSet, long_term_key};
+use callbox_core::credentials::{LongTermKey, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
-use callbox_core::{Config, PeerPolicy, Secret};
-use callbox_turn::{EventRecord, TurnRole, TurnSettings, UdpListeners};
-use turn_proto::Event;
+use callbox_core::{Config, PeerPolicy};
+use callbox_turn::{TurnRole, TurnSettings, UdpListeners};
 use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
 
 use crate::access::{self, Access, Snapshot};
+use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_store, secrets, seed_secrets};
+use crate::history::{HistorySink, HistoryWriter, allocation_row, session_row};
 use crate::role::Role;
 use crate::settings::Loaded;
-use crate::state;
-
-/// The store's file in the state directory.
-pub const STORE_FILE: &str = "callbox.db";
-
-/// The secrets of `auth.secrets`, if the configuration sets any.
-fn config_secrets(loaded: &Loaded) -> Option<SecretSet> {
-    SecretSet::new(loaded.config.auth.secrets.clone())
-}
-
-/// The secret generated into the state directory on first start: it seeds the store, and
-/// serves alone when the store cannot be opened.
-fn file_secret(loaded: &Loaded) -> anyhow::Result<SecretSet> {
-    SecretSet::new(vec![state::shared_secret(&loaded.state_dir)?]).context("no shared secret")
-}
-
-/// Seeds the store with the generated secret when it holds none (first start, or a
-/// store created before secrets lived there), so rotation through admin starts from the
-/// secret already in use.
-fn seed_secrets(loaded: &Loaded, store: &mut callbox_store::Store) -> anyhow::Result<()> {
-    if config_secrets(loaded).is_some() || !store.active_secrets(access::unix_now())?.is_empty() {
-        return Ok(());
-    }
-    let secret = state::shared_secret(&loaded.state_dir)?;
-    store.rotate_secret(secret.expose(), 0, access::unix_now(), "bootstrap")?;
-    tracing::info!("TURN secret moved into the store (rotate it with `callbox admin secrets rotate`)");
-    Ok(())
-}
-
-/// The active secrets for commands that run without the roles (`callbox credentials`):
-/// the configuration's, else the store's, else the generated file.
-fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
-    if let Some(c) = config_secrets(loaded) {
-        return Ok(c);
-    }
-    let path = loaded.state_dir.join(STORE_FILE);
-    if path.exists()
-        && let Ok(store) = callbox_store::Store::open(&path)
-        && let Ok(list) = store.active_secrets(access::unix_now())
-        && let Some(set) = SecretSet::new(list.into_iter().map(|s| Secret::new(s.secret)).collect())
-    {
-        return Ok(set);
-    }
-    file_secret(loaded)
-}
 
 /// Relay addresses: (bind, advertise) for IPv4 and IPv6.
 fn relay_addresses(config: &Config) -> (RelayIp, Option<RelayIp>) {
@@ -189,140 +145,6 @@ async fn shutdown_signal() {
     }
 }
 
-type SharedStore = Arc<std::sync::Mutex<callbox_store::Store>>;
-
-/// Where history rows go: the store (if open) and its health counters.
-#[derive(Clone)]
-struct HistorySink {
-    store: Option<SharedStore>,
-    health: Arc<callbox_store::Health>,
-}
-
-/// Writes what arrives on `rx` to the store in batches (every 500 ms, or at 512 rows),
-/// off the relay's and signaling's paths: they only ever `try_send` into the channel, so
-/// a slow or failing database costs history rows (counted and logged), never their time.
-async fn write_history<I, T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<I>,
-    mut map: impl FnMut(I) -> Option<T>,
-    write: fn(&mut callbox_store::Store, &[T]) -> callbox_store::Result<()>,
-    sink: HistorySink,
-    what: &'static str,
-) {
-    let mut batch: Vec<T> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            got = rx.recv() => {
-                let Some(item) = got else { break };
-                batch.extend(map(item));
-                if batch.len() < 512 {
-                    continue;
-                }
-            }
-            _ = tick.tick() => {}
-        }
-        flush(&sink, &mut batch, write, what).await;
-    }
-    flush(&sink, &mut batch, write, what).await;
-}
-
-async fn flush<T: Send + 'static>(
-    sink: &HistorySink,
-    batch: &mut Vec<T>,
-    write: fn(&mut callbox_store::Store, &[T]) -> callbox_store::Result<()>,
-    what: &'static str,
-) {
-    let Some(store) = &sink.store else {
-        batch.clear();
-        return;
-    };
-    if batch.is_empty() {
-        return;
-    }
-    let rows = std::mem::take(batch);
-    let store = Arc::clone(store);
-    let n = rows.len();
-    let written = tokio::task::spawn_blocking(move || {
-        write(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &rows)
-    })
-    .await;
-    let failure = match written {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    sink.health.failed();
-    sink.health
-        .history_lost
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(error = %failure, lost = n, "{what} history not written");
-}
-
-/// Logs an allocation event and turns it into a history row.
-fn allocation_row(r: EventRecord) -> Option<callbox_store::HistoryEvent> {
-    use callbox_store::HistoryEvent;
-    let at = r.unix_time as i64;
-    match r.event {
-        Event::Created {
-            id,
-            username,
-            client,
-            relay,
-            lifetime,
-        } => {
-            tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
-            Some(HistoryEvent::Created {
-                alloc_id: id.0 as i64,
-                username,
-                client: client.to_string(),
-                relay: relay.to_string(),
-                at,
-            })
-        }
-        Event::Refreshed { id, lifetime } => {
-            tracing::debug!(
-                alloc = id.0,
-                lifetime = lifetime.as_secs(),
-                "allocation refreshed"
-            );
-            None
-        }
-        Event::Closed { id, reason, traffic } => {
-            tracing::info!(
-                alloc = id.0,
-                ?reason,
-                packets_to_peer = traffic.packets_to_peer,
-                bytes_to_peer = traffic.bytes_to_peer,
-                packets_to_client = traffic.packets_to_client,
-                bytes_to_client = traffic.bytes_to_client,
-                "allocation closed"
-            );
-            Some(HistoryEvent::Closed {
-                alloc_id: id.0 as i64,
-                at,
-                reason: format!("{reason:?}"),
-                packets_to_peer: traffic.packets_to_peer as i64,
-                bytes_to_peer: traffic.bytes_to_peer as i64,
-                packets_to_client: traffic.packets_to_client as i64,
-                bytes_to_client: traffic.bytes_to_client as i64,
-            })
-        }
-    }
-}
-
-fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::SessionRecord> {
-    Some(callbox_store::SessionRecord {
-        room: r.room,
-        peer_id: r.peer_id,
-        client: r.addr.to_string(),
-        started_at: r.joined_unix as i64,
-        ended_at: r.left_unix as i64,
-        close_reason: r.reason.as_str().to_string(),
-        messages_in: r.messages_in as i64,
-        messages_out: r.messages_out as i64,
-    })
-}
-
 /// Data path threads: `turn.workers`, or one per core.
 fn turn_workers(config: &Config) -> usize {
     match config.turn.workers {
@@ -349,17 +171,14 @@ fn http_limits(
 /// A bound turn role, ready to run.
 struct TurnBound {
     role: TurnRole,
+    events: tokio::sync::mpsc::Receiver<callbox_turn::EventRecord>,
     http: Option<tokio::net::TcpListener>,
     udp: Vec<SocketAddr>,
     relay: RelayIp,
     workers: usize,
 }
 
-async fn bind_turn(
-    config: &Config,
-    credentials: Credentials,
-    history: HistorySink,
-) -> anyhow::Result<TurnBound> {
+async fn bind_turn(config: &Config, credentials: Credentials) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = turn_workers(config);
     let mut listen = Vec::new();
@@ -419,15 +238,9 @@ async fn bind_turn(
         max_reservations: t.max_reservations,
     };
     let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
-    tokio::spawn(write_history(
-        events,
-        allocation_row,
-        callbox_store::Store::record_history,
-        history,
-        "allocation",
-    ));
     Ok(TurnBound {
         role,
+        events,
         http,
         udp: addrs,
         relay: relay_v4,
@@ -448,67 +261,78 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<Stri
     }
 }
 
-/// The store in the state directory. When it cannot be opened the relay and signaling
-/// still start (on the configured or generated secret), without history or admin: a
-/// read-only or full disk never keeps calls from working.
-fn open_store(loaded: &Loaded) -> Option<SharedStore> {
-    let path = loaded.state_dir.join(STORE_FILE);
-    if let Err(e) = std::fs::create_dir_all(&loaded.state_dir) {
-        tracing::warn!(error = %e, "state directory unavailable; running without the store");
-        return None;
+/// The shutdown flag every role watches, raised by SIGTERM or SIGINT.
+#[derive(Debug, Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signals() -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
     }
-    match callbox_store::Store::open(&path) {
-        Ok(s) => Some(Arc::new(std::sync::Mutex::new(s))),
-        Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "store unavailable; running without history and admin");
-            None
+
+    /// A future that resolves when the flag is raised.
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
         }
     }
 }
 
-/// The admin token file in the state directory.
-pub const TOKEN_FILE: &str = "admin-token";
-
-/// Makes a new admin token: its digest goes to the store, the token itself to
-/// `STATE_DIR/admin-token` (mode 0600, written to a temporary name and renamed).
-pub fn write_new_token(
-    store: &callbox_store::Store,
-    state_dir: &std::path::Path,
-    actor: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    let token = callbox_admin::new_token();
-    let path = state_dir.join(TOKEN_FILE);
-    // The digest is stored first: a crash before the file is written leaves the old file
-    // (no longer valid) and the way in is another rotation; never a working token that
-    // the store does not know.
-    store.set_admin_token(callbox_admin::token_digest(&token), access::unix_now(), actor)?;
-    state::write_private(&path, format!("{token}\n").as_bytes())?;
-    Ok(path)
+/// Binds a TCP listener, naming the configuration key when it fails.
+async fn bind_tcp(key: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))
 }
 
-/// A token is made on first start; later starts keep the stored one.
-fn ensure_admin_token(store: &SharedStore, state_dir: &std::path::Path) -> anyhow::Result<()> {
-    let s = store.lock().unwrap_or_else(|e| e.into_inner());
-    if s.admin_token()?.is_some() {
-        if !state_dir.join(TOKEN_FILE).exists() {
-            tracing::warn!(
-                "the admin token file is missing; make a new one with `callbox admin token rotate`"
-            );
-        }
-        return Ok(());
+fn local_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map_or("-".into(), |a| a.to_string())
+}
+
+/// What runs: the roles' tasks, the history writers behind them, and the fields of the
+/// "callbox ready" line.
+#[derive(Default)]
+struct Running {
+    roles: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    history: Vec<HistoryWriter>,
+    ready: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    fn role(
+        &mut self,
+        name: &'static str,
+        run: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    ) {
+        self.roles.push((
+            name,
+            tokio::spawn(async move { run.await.with_context(|| format!("{name} role")) }),
+        ));
     }
-    let path = write_new_token(&s, state_dir, "bootstrap")?;
-    tracing::info!(path = %path.display(), "admin token generated");
-    Ok(())
-}
 
-/// A future that resolves when the shared shutdown flag is raised.
-fn on_shutdown(
-    rx: &tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = rx.clone();
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    /// Waits for every role to stop, then for the history writers to write what the
+    /// roles queued until the end (the allocations the shutdown closed among them).
+    async fn join(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (name, task) in self.roles {
+            match task.await.with_context(|| format!("{name} role task")) {
+                Ok(Ok(())) => tracing::info!(role = name, "role stopped"),
+                Ok(Err(e)) | Err(e) => {
+                    tracing::error!(role = name, "role failed: {e:#}");
+                    result = Err(e);
+                }
+            }
+        }
+        for writer in self.history {
+            writer.finish().await;
+        }
+        result
     }
 }
 
@@ -517,20 +341,8 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     roles.dedup();
     let run_turn = roles.contains(&Role::Turn);
     let run_signal = roles.contains(&Role::Signal);
-    let mut run_admin = roles.contains(&Role::Admin);
     let mut loaded = loaded;
-    match crate::descriptors::raise_limit() {
-        Ok((before, after)) => {
-            if after != before {
-                tracing::info!(before, after, "raised the open-files limit to the hard limit");
-            }
-            let workers = turn_workers(&loaded.config);
-            for note in crate::descriptors::fit(&mut loaded.config, after, &roles, workers) {
-                tracing::warn!("{note}");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
-    }
+    fit_descriptors(&mut loaded, &roles);
     let config = &loaded.config;
     let started = std::time::Instant::now();
 
@@ -538,12 +350,11 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     let health = Arc::new(callbox_store::Health::default());
     let store = open_store(&loaded);
     if let Some(st) = &store {
-        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-        seed_secrets(&loaded, &mut s)?;
+        seed_secrets(&loaded, &mut st.lock().unwrap_or_else(|e| e.into_inner()))?;
     }
-    if run_admin && store.is_none() {
+    let run_admin = roles.contains(&Role::Admin) && store.is_some();
+    if roles.contains(&Role::Admin) && !run_admin {
         tracing::error!("the admin role needs the store; it does not run");
-        run_admin = false;
     }
     let realm = config.turn.realm.clone();
     let snapshot = match &store {
@@ -576,31 +387,17 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     };
 
     // Bind everything before running anything, so a bad address fails the start.
-    let turn = if run_turn {
-        let creds = access.credentials(&snapshot, secrets.clone());
-        Some(bind_turn(config, creds, history.clone()).await?)
-    } else {
-        None
+    let turn = match run_turn {
+        true => Some(bind_turn(config, access.credentials(&snapshot, secrets.clone())).await?),
+        false => None,
     };
-    let signal_listener = if run_signal {
-        let a = config.signal.listen;
-        Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding signal.listen {a}"))?,
-        )
-    } else {
-        None
+    let signal_listener = match run_signal {
+        true => Some(bind_tcp("signal.listen", config.signal.listen).await?),
+        false => None,
     };
-    let admin_listener = if run_admin {
-        let a = config.admin.listen;
-        Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding admin.listen {a}"))?,
-        )
-    } else {
-        None
+    let admin_listener = match run_admin {
+        true => Some(bind_tcp("admin.listen", config.admin.listen).await?),
+        false => None,
     };
     if run_signal && !run_turn && config.signal.turn_urls.is_empty() && config.signal.stun_urls.is_empty() {
         tracing::warn!(
@@ -608,51 +405,11 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         );
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-
-    let mut tasks: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
-    let mut ready_fields: Vec<(&str, String)> = Vec::new();
+    let shutdown = Shutdown::on_signals();
+    let mut running = Running::default();
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
     if let Some(tb) = turn {
-        access.turn = Some(tb.role.control());
-        let http_addr = tb.http.as_ref().and_then(|h| h.local_addr().ok());
-        if let Some(http) = tb.http {
-            let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
-            let t = &config.turn;
-            let limits = callbox_http::ConnectionLimits::new(http_limits(
-                t.http_max_connections,
-                t.http_max_connections,
-                t.ipv6_prefix_len,
-                t.http_header_timeout_ms,
-            ));
-            let metrics = Arc::new(callbox_http::ListenerMetrics::default());
-            tokio::spawn(async move {
-                if let Err(e) =
-                    callbox_http::serve(http, router, limits, metrics, std::future::pending()).await
-                {
-                    tracing::error!(error = %e, "turn HTTP listener stopped");
-                }
-            });
-        }
-        let ready = tb.role.ready_flag();
-        let run = tokio::spawn({
-            let stop = on_shutdown(&stop_rx);
-            async move { tb.role.run(stop).await.context("turn role") }
-        });
-        // "ready" is logged once the data path threads run, so /readyz already says 200.
-        while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let udp_list: Vec<String> = tb.udp.iter().map(|a| a.to_string()).collect();
-        ready_fields.push(("udp", udp_list.join(",")));
-        ready_fields.push(("http", http_addr.map_or("-".into(), |a| a.to_string())));
-        ready_fields.push(("relay", tb.relay.advertise.to_string()));
-        ready_fields.push(("workers", tb.workers.to_string()));
-        tasks.push(("turn", run));
+        start_turn(config, tb, &mut access, &history, &shutdown, &mut running).await;
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
@@ -668,7 +425,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         control.set_api_keys(snapshot.api_keys.iter().cloned().collect());
         control.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
         if let Some(sessions) = control.take_session_events() {
-            tokio::spawn(write_history(
+            running.history.push(HistoryWriter::spawn(
                 sessions,
                 session_row,
                 callbox_store::Store::record_sessions,
@@ -677,15 +434,8 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
             ));
         }
         access.signal = Some(control);
-        ready_fields.push((
-            "signal",
-            listener.local_addr().map_or("-".into(), |a| a.to_string()),
-        ));
-        let stop = on_shutdown(&stop_rx);
-        tasks.push((
-            "signal",
-            tokio::spawn(async move { role.run(listener, stop).await.context("signal role") }),
-        ));
+        running.ready.push(("signal", local_addr(&listener)));
+        running.role("signal", role.run(listener, shutdown.wait()));
     }
     if let (Some(listener), Some(st)) = (admin_listener, &store) {
         ensure_admin_token(st, &loaded.state_dir)?;
@@ -693,72 +443,128 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
             turn: access.turn.clone(),
             signal: access.signal.clone(),
         };
-        let redacted: toml::Value = toml::from_str(&config.to_redacted_toml()).context("redacted config")?;
-        let info = callbox_admin::AdminInfo {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
-            started,
-            realm: config.turn.realm.clone(),
-            config: serde_json::to_value(redacted).context("redacted config")?,
-            secrets_from_config: access.config_secrets.is_some(),
-            rotation_overlap: config
-                .admin
-                .rotation_overlap
-                .unwrap_or(config.auth.max_credential_ttl),
-            max_body_bytes: config.admin.max_body_bytes,
-            auth_failures_per_minute: config.admin.auth_failures_per_minute,
-            listener: http_limits(
-                config.admin.max_connections,
-                config.admin.max_connections_per_address,
-                callbox_core::limit_key::DEFAULT_IPV6_PREFIX,
-                config.admin.header_timeout_ms,
-            ),
-        };
         let app = callbox_admin::AdminState::new(
             Arc::clone(st),
             Arc::clone(&health),
             Arc::new(live),
-            info,
+            admin_info(config, &roles, started, access.config_secrets.is_some())?,
             Arc::clone(&access.changed),
         );
-        ready_fields.push((
+        running.ready.push(("admin", local_addr(&listener)));
+        running.role(
             "admin",
-            listener.local_addr().map_or("-".into(), |a| a.to_string()),
-        ));
-        let (connections, listener_metrics) =
-            (Arc::clone(&app.connections), Arc::clone(&app.listener_metrics));
-        let router = callbox_admin::router(app);
-        let stop = on_shutdown(&stop_rx);
-        tasks.push((
-            "admin",
-            tokio::spawn(async move {
-                callbox_http::serve(listener, router, connections, listener_metrics, stop)
-                    .await
-                    .context("admin role")
-            }),
-        ));
+            callbox_admin::AdminRole::new(app).run(listener, shutdown.wait()),
+        );
     }
     if store.is_some() {
         tokio::spawn(access.run(snapshot));
     }
-    let fields: Vec<String> = ready_fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let fields: Vec<String> = running.ready.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     tracing::info!(
-        roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+        roles = %names.join(","),
         state_dir = %loaded.state_dir.display(),
         config = %loaded.source,
         "callbox ready {}",
         fields.join(" ")
     );
-    let mut result = Ok(());
-    for (name, task) in tasks {
-        let r = task.await.with_context(|| format!("{name} role task"));
-        match r {
-            Ok(Ok(())) => tracing::info!(role = name, "role stopped"),
-            Ok(Err(e)) | Err(e) => {
-                tracing::error!(role = name, "role failed: {e:#}");
-                result = Err(e);
+    running.join().await
+}
+
+/// Raises the open-files limit to the hard limit and fits the listeners' caps under it.
+fn fit_descriptors(loaded: &mut Loaded, roles: &[Role]) {
+    match crate::descriptors::raise_limit() {
+        Ok((before, after)) => {
+            if after != before {
+                tracing::info!(before, after, "raised the open-files limit to the hard limit");
+            }
+            let workers = turn_workers(&loaded.config);
+            for note in crate::descriptors::fit(&mut loaded.config, after, roles, workers) {
+                tracing::warn!("{note}");
             }
         }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
     }
-    result
+}
+
+/// What `/admin/v1/status` and `/admin/v1/config` tell about this process.
+fn admin_info(
+    config: &Config,
+    roles: &[Role],
+    started: std::time::Instant,
+    secrets_from_config: bool,
+) -> anyhow::Result<callbox_admin::AdminInfo> {
+    let redacted: toml::Value = toml::from_str(&config.to_redacted_toml()).context("redacted config")?;
+    Ok(callbox_admin::AdminInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
+        started,
+        realm: config.turn.realm.clone(),
+        config: serde_json::to_value(redacted).context("redacted config")?,
+        secrets_from_config,
+        rotation_overlap: config
+            .admin
+            .rotation_overlap
+            .unwrap_or(config.auth.max_credential_ttl),
+        max_body_bytes: config.admin.max_body_bytes,
+        auth_failures_per_minute: config.admin.auth_failures_per_minute,
+        listener: http_limits(
+            config.admin.max_connections,
+            config.admin.max_connections_per_address,
+            callbox_core::limit_key::DEFAULT_IPV6_PREFIX,
+            config.admin.header_timeout_ms,
+        ),
+    })
+}
+
+/// Starts the turn role and its HTTP listener (both stop at shutdown) and its history.
+async fn start_turn(
+    config: &Config,
+    tb: TurnBound,
+    access: &mut Access,
+    history: &HistorySink,
+    shutdown: &Shutdown,
+    running: &mut Running,
+) {
+    access.turn = Some(tb.role.control());
+    running.history.push(HistoryWriter::spawn(
+        tb.events,
+        allocation_row,
+        callbox_store::Store::record_history,
+        history.clone(),
+        "allocation",
+    ));
+    running.ready.push((
+        "udp",
+        tb.udp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+    ));
+    running
+        .ready
+        .push(("http", tb.http.as_ref().map_or("-".into(), local_addr)));
+    running.ready.push(("relay", tb.relay.advertise.to_string()));
+    running.ready.push(("workers", tb.workers.to_string()));
+    if let Some(http) = tb.http {
+        let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
+        let t = &config.turn;
+        let limits = callbox_http::ConnectionLimits::new(http_limits(
+            t.http_max_connections,
+            t.http_max_connections,
+            t.ipv6_prefix_len,
+            t.http_header_timeout_ms,
+        ));
+        let metrics = Arc::new(callbox_http::ListenerMetrics::default());
+        running.role(
+            "turn-http",
+            callbox_http::serve(http, router, limits, metrics, shutdown.wait()),
+        );
+    }
+    let ready = tb.role.ready_flag();
+    let role = tb.role;
+    let stop = shutdown.wait();
+    let run = tokio::spawn(async move { role.run(stop).await.context("turn role") });
+    // "ready" is logged once the data path threads run, so /readyz already says 200.
+    while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.roles.push(("turn", run));
 }
