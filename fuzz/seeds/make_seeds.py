@@ -166,3 +166,34 @@ put("turn_server", "quota_and_expiry", b"\x20" + b"".join([
     signed(0, REFRESH, 5, 0x22, advance=7),
     signed(1, CREATE_PERMISSION, 9, 0x46, attr(XOR_PEER_ADDRESS, b"\x02")),
 ]))
+
+# JWTs: one signed with the harness's secret (so the accepting path is covered), and broken ones.
+import base64, hashlib, hmac, json
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt(claims, secret=b"fuzz-secret", alg="HS256"):
+    head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+put("jwt", "valid", jwt({"sub": "alice", "rooms": ["r1"], "exp": 4102444800}))
+put("jwt", "expired", jwt({"sub": "bob", "exp": 1}))
+put("jwt", "alg_none", jwt({"sub": "eve"}, alg="none"))
+put("jwt", "claims", '{"sub":"carol","nbf":1795000000,"meta":{"name":"c"}}')
+put("jwt", "two_parts", "eyJhbGciOiJIUzI1NiJ9.e30")
+
+put("signal_message", "offer", '{"type":"offer","sdp":"v=0\\r\\n","to":"p1"}')
+put("signal_message", "candidate", '{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","sdpMLineIndex":0}')
+put("signal_message", "message", '{"type":"message","data":{"x":[1,2]},"from":"spoof","seq":9}')
+put("signal_message", "ping", '{"type":"ping"}')
+put("signal_message", "bad_type", '{"type":7}')
+
+put("ice_form", "form", b"\x01username=a+b%40c&ttl=60&service=turn")
+put("ice_form", "json", b'\x00{"username":"alice","ttl":"600"}')
+put("ice_form", "bad_escape", b"\x02key=%zz&%ff=%e2%82")

@@ -66,7 +66,7 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: u64) -> Result<Map<String, 
         None => {}
         Some(Value::Number(n)) => {
             let nbf = n.as_f64().ok_or(JwtError::Claim("nbf"))?;
-            if nbf > (now + LEEWAY) as f64 {
+            if nbf > now.saturating_add(LEEWAY) as f64 {
                 return Err(JwtError::NotYetValid);
             }
         }
@@ -92,6 +92,14 @@ pub fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn time_claims_at_the_end_of_time_do_not_overflow() {
+        let t = sign_hs256(&json!({"nbf": 5, "exp": 10}), b"k");
+        assert_eq!(verify_hs256(&t, b"k", u64::MAX), Err(JwtError::Expired));
+        let t = sign_hs256(&json!({"nbf": 5}), b"k");
+        assert!(verify_hs256(&t, b"k", u64::MAX).is_ok());
+    }
 
     #[test]
     fn roundtrip_and_refusals() {
