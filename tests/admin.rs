@@ -597,7 +597,7 @@ fn allocations_are_listed_filtered_closed_and_kept_in_history() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|r| r["alloc_id"] == id.as_str() && r["close_reason"] == "Kicked")
+                .any(|r| r["alloc_id"] == id.as_str() && r["close_reason"] == "kicked")
     }));
     let page = cb
         .admin("GET", "/admin/v1/history/allocations?limit=1", None)
@@ -738,7 +738,7 @@ async fn a_ban_ends_a_live_uclient_relay_and_a_live_websocket() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["close_reason"] == "Kicked")
+            .filter(|r| r["close_reason"] == "kicked")
             .count()
             >= 2
     }));
@@ -755,6 +755,31 @@ async fn a_ban_ends_a_live_uclient_relay_and_a_live_websocket() {
         "back"
     ) == 0));
     assert!(WsClient::connect(signal, "room=banned", &[]).await.is_ok());
+}
+
+#[test]
+fn allocations_closed_by_the_shutdown_are_in_history() {
+    let cb = start("");
+    let (u, p) = mint(&Secret::new(cb.secret().as_str()), "dora", now(), 600);
+    let mut c = TurnClient::new(cb.udp_v4(), &u, &p, "callbox");
+    assert_eq!(c.allocate().class, Class::Success);
+    let id = cb.admin("GET", "/admin/v1/allocations", None).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, state) = cb.terminate_keeping_state();
+    assert_eq!(code, Some(0), "a clean exit on SIGTERM");
+    // The writer finished before the process exited: the row is there on the next start.
+    let cb = CallboxProcess::start_in(BIN, &config(""), &[], &[], state);
+    let h = cb.admin("GET", "/admin/v1/history/allocations", None).json();
+    let row = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["alloc_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("allocation {id} in history: {h}"));
+    assert_eq!(row["close_reason"], "shutdown", "{row}");
+    assert_eq!(row["username"], u.as_str());
 }
 
 #[test]

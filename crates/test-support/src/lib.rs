@@ -243,8 +243,20 @@ impl CallboxProcess {
         std::mem::replace(&mut self.state_dir, dir)
     }
 
+    /// Sends SIGTERM and waits for exit (up to 10 s); returns the exit status code and
+    /// the state directory, for a restart on it.
+    pub fn terminate_keeping_state(mut self) -> (Option<i32>, tempfile::TempDir) {
+        let code = self.stop_with_sigterm();
+        let dir = tempfile::tempdir().expect("temp dir");
+        (code, std::mem::replace(&mut self.state_dir, dir))
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit status code.
     pub fn terminate(mut self) -> Option<i32> {
+        self.stop_with_sigterm()
+    }
+
+    fn stop_with_sigterm(&mut self) -> Option<i32> {
         // SAFETY: kill(2) with a pid we spawned.
         unsafe { libc_kill(self.child.id() as i32, 15) };
         let deadline = Instant::now() + Duration::from_secs(10);
