@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use callbox_core::credentials::{LongTermKey, SecretSet, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
+use callbox_core::metrics::MetricsRegistry;
 use callbox_core::{Config, PeerPolicy, Secret};
 use callbox_turn::{EventRecord, TurnRole, TurnSettings, UdpListeners};
 use turn_proto::Event;
@@ -359,6 +360,7 @@ async fn bind_turn(
     config: &Config,
     credentials: Credentials,
     history: HistorySink,
+    registry: &MetricsRegistry,
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = turn_workers(config);
@@ -418,7 +420,8 @@ async fn bind_turn(
         reservation_lifetime: Duration::from_secs(t.reservation_lifetime),
         max_reservations: t.max_reservations,
     };
-    let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
+    let (role, events) =
+        TurnRole::new(settings, udp, rand::random(), registry).context("starting the turn role")?;
     tokio::spawn(write_history(
         events,
         allocation_row,
@@ -581,10 +584,12 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         health: Arc::clone(&health),
     };
 
+    // One registry for the process: every role's /metrics serves all of it.
+    let registry = Arc::new(MetricsRegistry::new());
     // Bind everything before running anything, so a bad address fails the start.
     let turn = if run_turn {
         let creds = access.credentials(&snapshot, secrets.clone());
-        Some(bind_turn(config, creds, history.clone()).await?)
+        Some(bind_turn(config, creds, history.clone(), &registry).await?)
     } else {
         None
     };
@@ -627,7 +632,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         access.turn = Some(tb.role.control());
         let http_addr = tb.http.as_ref().and_then(|h| h.local_addr().ok());
         if let Some(http) = tb.http {
-            let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
+            let router = callbox_turn::http_router(Arc::clone(&registry), tb.role.ready_flag());
             let t = &config.turn;
             let limits = callbox_http::ConnectionLimits::new(http_limits(
                 t.http_max_connections,
@@ -670,7 +675,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
         };
-        let app = callbox_signal::state(config.signal.clone(), ice);
+        let app = callbox_signal::state(config.signal.clone(), ice, Arc::clone(&registry));
         app.set_api_keys(snapshot.api_keys.iter().cloned().collect());
         app.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
         if let Some(sessions) = app.take_session_events() {
@@ -728,6 +733,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
             Arc::new(live),
             info,
             Arc::clone(&access.changed),
+            Arc::clone(&registry),
         );
         ready_fields.push((
             "admin",

@@ -151,7 +151,11 @@ mod tests {
         let a = r.shared::<Fixed>();
         let b = r.shared::<Fixed>();
         a.0.store(3, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(b.0.load(std::sync::atomic::Ordering::Relaxed), 3, "one shared collector");
+        assert_eq!(
+            b.0.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "one shared collector"
+        );
         assert_eq!(
             r.encode(),
             "# HELP callbox_x_total Xs seen.\n# TYPE callbox_x_total counter\ncallbox_x_total 3\n\
