@@ -55,7 +55,10 @@ impl ListenerMetrics {
 /// Every registered listener of the process, written as one family per metric (several
 /// roles' listeners share the names, told apart by the `listener` label).
 #[derive(Debug, Clone, Default)]
-struct Listeners(Arc<Mutex<Vec<(&'static str, Arc<ListenerMetrics>, Arc<ConnectionLimits>)>>>);
+struct Listeners(Arc<Mutex<Vec<Listener>>>);
+
+/// A registered listener: its `listener` label, its counters, its live connections.
+type Listener = (&'static str, Arc<ListenerMetrics>, Arc<ConnectionLimits>);
 
 impl Collector for Listeners {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
