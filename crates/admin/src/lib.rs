@@ -32,8 +32,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use callbox_core::metrics::{
+    CONTENT_TYPE as METRICS_CONTENT_TYPE, DescriptorEncoder, MetricsRegistry, counter,
+};
 use callbox_store::{Health, Store};
 use lockout::Lockout;
+use prometheus_client::collector::Collector;
 use sha2::{Digest, Sha256};
 
 pub use api::{AllocationView, ChannelView, PeerView, RoomView};
@@ -83,7 +87,8 @@ pub struct AdminInfo {
     pub listener: callbox_http::Limits,
 }
 
-/// Counters shown in the admin listener's `/metrics`.
+/// Counters of the admin role, exposed with the store's [`Health`] through the process's
+/// metrics registry.
 #[derive(Debug, Default)]
 pub struct AdminMetrics {
     pub requests: AtomicU64,
@@ -99,10 +104,12 @@ pub struct AdminState {
     pub info: AdminInfo,
     /// Notified after every change, so the sync loop applies it at once.
     pub changed: Arc<tokio::sync::Notify>,
-    pub metrics: AdminMetrics,
+    pub metrics: Arc<AdminMetrics>,
     /// Connections the admin listener holds (per address and in total).
     pub connections: Arc<callbox_http::ConnectionLimits>,
     pub listener_metrics: Arc<callbox_http::ListenerMetrics>,
+    /// The process's metrics, served at `/metrics`.
+    pub registry: Arc<MetricsRegistry>,
     failures: Lockout,
 }
 
@@ -121,18 +128,29 @@ impl AdminState {
         live: Arc<dyn Live>,
         info: AdminInfo,
         changed: Arc<tokio::sync::Notify>,
+        registry: Arc<MetricsRegistry>,
     ) -> Arc<Self> {
         let info_limit = info.auth_failures_per_minute;
         let connections = callbox_http::ConnectionLimits::new(info.listener);
+        let metrics = Arc::new(AdminMetrics::default());
+        registry.register_collector(AdminCollector {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+        });
         Arc::new(Self {
             store,
             health,
             live,
             info,
             changed,
-            metrics: AdminMetrics::default(),
+            metrics,
+            listener_metrics: callbox_http::ListenerMetrics::register(
+                &registry,
+                "admin",
+                Arc::clone(&connections),
+            ),
             connections,
-            listener_metrics: Arc::new(callbox_http::ListenerMetrics::default()),
+            registry,
             failures: Lockout::new(info_limit),
         })
     }
@@ -264,46 +282,50 @@ async fn readyz(State(app): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<AdminState>>) -> Response {
-    let m = &app.metrics;
-    let h = &app.health;
-    let mut out = String::new();
-    for (name, help, v) in [
-        (
-            "callbox_admin_requests_total",
-            "Requests to /admin/v1.",
-            m.requests.load(Ordering::Relaxed),
-        ),
-        (
-            "callbox_admin_auth_failures_total",
-            "Admin requests without a valid token.",
-            m.auth_failures.load(Ordering::Relaxed),
-        ),
-        (
-            "callbox_admin_auth_limited_total",
-            "Admin requests refused with 429 after repeated token failures.",
-            m.auth_limited.load(Ordering::Relaxed),
-        ),
-        (
-            "callbox_store_errors_total",
-            "Store operations that failed (full disk, locked or damaged database).",
-            h.errors.load(Ordering::Relaxed),
-        ),
-        (
-            "callbox_store_history_lost_total",
-            "History rows lost to failed store writes.",
-            h.history_lost.load(Ordering::Relaxed),
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    }
-    out.push_str(&app.listener_metrics.render("admin", &app.connections));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        app.registry.encode(),
     )
         .into_response()
+}
+
+/// The admin role's counters and the store's health, read at scrape time.
+#[derive(Debug)]
+struct AdminCollector {
+    metrics: Arc<AdminMetrics>,
+    health: Arc<Health>,
+}
+
+impl Collector for AdminCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (m, h) = (&self.metrics, &self.health);
+        for (name, help, v) in [
+            ("callbox_admin_requests", "Requests to /admin/v1.", &m.requests),
+            (
+                "callbox_admin_auth_failures",
+                "Admin requests without a valid token.",
+                &m.auth_failures,
+            ),
+            (
+                "callbox_admin_auth_limited",
+                "Admin requests refused with 429 after repeated token failures.",
+                &m.auth_limited,
+            ),
+            (
+                "callbox_store_errors",
+                "Store operations that failed (full disk, locked or damaged database).",
+                &h.errors,
+            ),
+            (
+                "callbox_store_history_lost",
+                "History rows lost to failed store writes.",
+                &h.history_lost,
+            ),
+        ] {
+            counter(&mut enc, name, help, v.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use callbox_core::credentials::{LongTermKey, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
+use callbox_core::metrics::MetricsRegistry;
 use callbox_core::{Config, PeerPolicy};
 use callbox_turn::{TurnRole, TurnSettings, UdpListeners};
 use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
@@ -178,7 +179,11 @@ struct TurnBound {
     workers: usize,
 }
 
-async fn bind_turn(config: &Config, credentials: Credentials) -> anyhow::Result<TurnBound> {
+async fn bind_turn(
+    config: &Config,
+    credentials: Credentials,
+    registry: &MetricsRegistry,
+) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = turn_workers(config);
     let mut listen = Vec::new();
@@ -237,7 +242,8 @@ async fn bind_turn(config: &Config, credentials: Credentials) -> anyhow::Result<
         reservation_lifetime: Duration::from_secs(t.reservation_lifetime),
         max_reservations: t.max_reservations,
     };
-    let (role, events) = TurnRole::new(settings, udp, rand::random()).context("starting the turn role")?;
+    let (role, events) =
+        TurnRole::new(settings, udp, rand::random(), registry).context("starting the turn role")?;
     Ok(TurnBound {
         role,
         events,
@@ -386,9 +392,11 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         health: Arc::clone(&health),
     };
 
+    // One registry for the process: every role's /metrics serves all of it.
+    let registry = Arc::new(MetricsRegistry::new());
     // Bind everything before running anything, so a bad address fails the start.
     let turn = match run_turn {
-        true => Some(bind_turn(config, access.credentials(&snapshot, secrets.clone())).await?),
+        true => Some(bind_turn(config, access.credentials(&snapshot, secrets.clone()), &registry).await?),
         false => None,
     };
     let signal_listener = match run_signal {
@@ -409,7 +417,16 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     let mut running = Running::default();
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
     if let Some(tb) = turn {
-        start_turn(config, tb, &mut access, &history, &shutdown, &mut running).await;
+        start_turn(
+            config,
+            tb,
+            &registry,
+            &mut access,
+            &history,
+            &shutdown,
+            &mut running,
+        )
+        .await;
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
@@ -420,7 +437,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
         };
-        let role = callbox_signal::SignalRole::new(config.signal.clone(), ice);
+        let role = callbox_signal::SignalRole::new(config.signal.clone(), ice, Arc::clone(&registry));
         let control = role.control();
         control.set_api_keys(snapshot.api_keys.iter().cloned().collect());
         control.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());
@@ -449,6 +466,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
             Arc::new(live),
             admin_info(config, &roles, started, access.config_secrets.is_some())?,
             Arc::clone(&access.changed),
+            Arc::clone(&registry),
         );
         running.ready.push(("admin", local_addr(&listener)));
         running.role(
@@ -521,6 +539,7 @@ fn admin_info(
 async fn start_turn(
     config: &Config,
     tb: TurnBound,
+    registry: &Arc<MetricsRegistry>,
     access: &mut Access,
     history: &HistorySink,
     shutdown: &Shutdown,
@@ -544,7 +563,7 @@ async fn start_turn(
     running.ready.push(("relay", tb.relay.advertise.to_string()));
     running.ready.push(("workers", tb.workers.to_string()));
     if let Some(http) = tb.http {
-        let router = callbox_turn::http_router(tb.role.metrics(), tb.role.ready_flag());
+        let router = callbox_turn::http_router(Arc::clone(registry), tb.role.ready_flag());
         let t = &config.turn;
         let limits = callbox_http::ConnectionLimits::new(http_limits(
             t.http_max_connections,

@@ -1,7 +1,11 @@
-//! Counters of one listener, rendered into its role's `/metrics`.
+//! Counters of each listener, exposed through the process's metrics registry.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counters, gauges};
+use prometheus_client::collector::Collector;
 
 use crate::limits::{ConnectionLimits, Refusal};
 
@@ -29,47 +33,92 @@ impl ListenerMetrics {
         self.refused_per_address.load(Relaxed) + self.refused_total.load(Relaxed)
     }
 
-    /// Prometheus text for the listener named `listener`, with its live counts.
-    pub fn render(&self, listener: &str, live: &ConnectionLimits) -> String {
-        let mut out = String::new();
-        let l = format!("listener=\"{listener}\"");
-        let _ = writeln!(
-            out,
-            "# HELP callbox_http_connections TCP connections an HTTP listener holds (WebSocket included).\n\
-             # TYPE callbox_http_connections gauge\n\
-             callbox_http_connections{{{l}}} {}",
-            live.open()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP callbox_http_connections_accepted_total TCP connections accepted and admitted.\n\
-             # TYPE callbox_http_connections_accepted_total counter\n\
-             callbox_http_connections_accepted_total{{{l}}} {}",
-            self.accepted.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP callbox_http_connections_refused_total TCP connections closed at accept, by the cap they were past.\n\
-             # TYPE callbox_http_connections_refused_total counter\n\
-             callbox_http_connections_refused_total{{{l},cap=\"per_address\"}} {}\n\
-             callbox_http_connections_refused_total{{{l},cap=\"total\"}} {}",
-            self.refused_per_address.load(Relaxed),
-            self.refused_total.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP callbox_http_header_timeouts_total Connections closed because their request head did not arrive in time.\n\
-             # TYPE callbox_http_header_timeouts_total counter\n\
-             callbox_http_header_timeouts_total{{{l}}} {}",
-            self.header_timeouts.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP callbox_http_accept_errors_total accept() failures (out of descriptors, ...).\n\
-             # TYPE callbox_http_accept_errors_total counter\n\
-             callbox_http_accept_errors_total{{{l}}} {}",
-            self.accept_errors.load(Relaxed)
-        );
-        out
+    /// Counters for the listener named `listener` (the `listener` label), exposed through
+    /// `registry` with its live connection count. Counters made with `default()` instead
+    /// count without being exposed.
+    pub fn register(
+        registry: &MetricsRegistry,
+        listener: &'static str,
+        live: Arc<ConnectionLimits>,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Self::default());
+        registry
+            .shared::<Listeners>()
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((listener, Arc::clone(&metrics), live));
+        metrics
+    }
+}
+
+/// Every registered listener of the process, written as one family per metric (several
+/// roles' listeners share the names, told apart by the `listener` label).
+#[derive(Debug, Clone, Default)]
+struct Listeners(Arc<Mutex<Vec<Listener>>>);
+
+/// A registered listener: its `listener` label, its counters, its live connections.
+type Listener = (&'static str, Arc<ListenerMetrics>, Arc<ConnectionLimits>);
+
+impl Collector for Listeners {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels: Vec<[(&str, &str); 1]> = all.iter().map(|(l, _, _)| [("listener", *l)]).collect();
+        let sum = |f: fn(&ListenerMetrics) -> &AtomicU64| -> Vec<(Labels<'_>, u64)> {
+            all.iter()
+                .zip(&labels)
+                .map(|((_, m, _), l)| (&l[..], f(m).load(Relaxed)))
+                .collect()
+        };
+        let open: Vec<(Labels<'_>, i64)> = all
+            .iter()
+            .zip(&labels)
+            .map(|((_, _, live), l)| (&l[..], live.open() as i64))
+            .collect();
+        gauges(
+            &mut enc,
+            "callbox_http_connections",
+            "TCP connections an HTTP listener holds (WebSocket included).",
+            &open,
+        )?;
+        counters(
+            &mut enc,
+            "callbox_http_connections_accepted",
+            "TCP connections accepted and admitted.",
+            &sum(|m| &m.accepted),
+        )?;
+        let caps: Vec<[(&str, &str); 2]> = all
+            .iter()
+            .flat_map(|(l, _, _)| {
+                [
+                    [("listener", *l), ("cap", "per_address")],
+                    [("listener", *l), ("cap", "total")],
+                ]
+            })
+            .collect();
+        let refused: Vec<(Labels<'_>, u64)> = all
+            .iter()
+            .flat_map(|(_, m, _)| [m.refused_per_address.load(Relaxed), m.refused_total.load(Relaxed)])
+            .zip(&caps)
+            .map(|(v, l)| (&l[..], v))
+            .collect();
+        counters(
+            &mut enc,
+            "callbox_http_connections_refused",
+            "TCP connections closed at accept, by the cap they were past.",
+            &refused,
+        )?;
+        counters(
+            &mut enc,
+            "callbox_http_header_timeouts",
+            "Connections closed because their request head did not arrive in time.",
+            &sum(|m| &m.header_timeouts),
+        )?;
+        counters(
+            &mut enc,
+            "callbox_http_accept_errors",
+            "accept() failures (out of descriptors, ...).",
+            &sum(|m| &m.accept_errors),
+        )
     }
 }

@@ -1,8 +1,14 @@
-//! Counters of the signal role and their Prometheus text.
+//! Counters of the signal role, exposed through the process's metrics registry.
 
-use std::fmt::Write as _;
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::NoLabelSet;
+use prometheus_client::metrics::MetricType;
 
 const MESSAGE_TYPES: [&str; 9] = [
     "offer",
@@ -56,6 +62,8 @@ pub struct SignalMetrics {
     pub session_events_dropped: AtomicU64,
     messages: [AtomicU64; MESSAGE_TYPES.len()],
     rejects: [AtomicU64; REJECT_REASONS.len()],
+    /// Observations per bucket, each counted in the first bucket it fits (the encoder
+    /// writes the cumulative counts).
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
@@ -86,103 +94,106 @@ impl SignalMetrics {
     /// Time from a message's arrival to its delivery into the receivers' queues.
     pub fn observe_relay(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
 
-    pub fn render(&self) -> String {
-        let mut o = String::with_capacity(4096);
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(
-                o,
-                "# HELP callbox_{name} {help}\n# TYPE callbox_{name} gauge\ncallbox_{name} {v}"
-            );
-        };
+    /// Adds these counters to `registry`.
+    pub fn register(self: &Arc<Self>, registry: &MetricsRegistry) {
+        registry.register_collector(Arc::clone(self));
+    }
+
+    /// These counters alone, in the Prometheus text format.
+    pub fn render(self: &Arc<Self>) -> String {
+        let registry = MetricsRegistry::new();
+        self.register(&registry);
+        registry.encode()
+    }
+}
+
+impl Collector for SignalMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         gauge(
-            "signal_connections",
+            &mut enc,
+            "callbox_signal_connections",
             "Open signaling WebSocket connections.",
             self.connections.load(Relaxed),
-        );
+        )?;
         gauge(
-            "signal_rooms",
+            &mut enc,
+            "callbox_signal_rooms",
             "Rooms with at least one peer.",
             self.rooms.load(Relaxed),
-        );
+        )?;
         gauge(
-            "signal_peers",
+            &mut enc,
+            "callbox_signal_peers",
             "Peers in rooms, connected or within their resume grace.",
             self.peers.load(Relaxed),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP callbox_signal_messages_total Client messages handled, by type.\n# TYPE callbox_signal_messages_total counter"
-        );
-        for (t, v) in MESSAGE_TYPES.iter().zip(&self.messages) {
-            let _ = writeln!(
-                o,
-                "callbox_signal_messages_total{{type=\"{t}\"}} {}",
-                v.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP callbox_signal_rejects_total Refused connections, requests and messages, by reason.\n# TYPE callbox_signal_rejects_total counter"
-        );
-        for (r, v) in REJECT_REASONS.iter().zip(&self.rejects) {
-            let _ = writeln!(
-                o,
-                "callbox_signal_rejects_total{{reason=\"{r}\"}} {}",
-                v.load(Relaxed)
-            );
-        }
+        )?;
+        let types: Vec<[(&str, &str); 1]> = MESSAGE_TYPES.iter().map(|t| [("type", *t)]).collect();
+        let messages: Vec<(Labels<'_>, u64)> = types
+            .iter()
+            .zip(&self.messages)
+            .map(|(l, v)| (&l[..], v.load(Relaxed)))
+            .collect();
+        counters(
+            &mut enc,
+            "callbox_signal_messages",
+            "Client messages handled, by type.",
+            &messages,
+        )?;
+        let reasons: Vec<[(&str, &str); 1]> = REJECT_REASONS.iter().map(|r| [("reason", *r)]).collect();
+        let rejects: Vec<(Labels<'_>, u64)> = reasons
+            .iter()
+            .zip(&self.rejects)
+            .map(|(l, v)| (&l[..], v.load(Relaxed)))
+            .collect();
+        counters(
+            &mut enc,
+            "callbox_signal_rejects",
+            "Refused connections, requests and messages, by reason.",
+            &rejects,
+        )?;
         for (name, help, v) in [
-            ("signal_resumes_total", "Successful resumes.", &self.resumes),
+            ("callbox_signal_resumes", "Successful resumes.", &self.resumes),
             (
-                "signal_queue_drops_total",
+                "callbox_signal_queue_drops",
                 "Connections closed because their send buffer overflowed (4013).",
                 &self.queue_drops,
             ),
             (
-                "signal_ice_requests_total",
+                "callbox_signal_ice_requests",
                 "ICE server lists handed out over HTTP.",
                 &self.ice_requests,
             ),
             (
-                "signal_session_events_dropped_total",
+                "callbox_signal_session_events_dropped",
                 "Finished-session records dropped because the history channel was full or closed.",
                 &self.session_events_dropped,
             ),
         ] {
-            let _ = writeln!(
-                o,
-                "# HELP callbox_{name} {help}\n# TYPE callbox_{name} counter\ncallbox_{name} {}",
-                v.load(Relaxed)
-            );
+            counter(&mut enc, name, help, v.load(Relaxed))?;
         }
-        let _ = writeln!(
-            o,
-            "# HELP callbox_signal_relay_seconds Time from a message's arrival to its receivers' queues.\n# TYPE callbox_signal_relay_seconds histogram"
-        );
-        for (b, v) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                o,
-                "callbox_signal_relay_seconds_bucket{{le=\"{b}\"}} {}",
-                v.load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(o, "callbox_signal_relay_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "callbox_signal_relay_seconds_sum {}",
-            self.latency_sum_ns.load(Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(o, "callbox_signal_relay_seconds_count {count}");
-        o
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(b, v)| (*b, v.load(Relaxed)))
+            .collect();
+        enc.encode_descriptor(
+            "callbox_signal_relay_seconds",
+            "Time from a message's arrival to its receivers' queues.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            self.latency_sum_ns.load(Relaxed) as f64 / 1e9,
+            self.latency_count.load(Relaxed),
+            &buckets,
+            None,
+        )
     }
 }

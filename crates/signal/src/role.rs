@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use callbox_core::SecretSet;
 use callbox_core::config::Signal as SignalConfig;
+use callbox_core::metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsRegistry};
 use callbox_core::policy::Cidr;
 use tokio::sync::mpsc;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Connections held by the listener, per address and in total (counted from accept).
     pub connections: Arc<callbox_http::ConnectionLimits>,
     pub listener_metrics: Arc<callbox_http::ListenerMetrics>,
+    /// The process's metrics, served at `/metrics`.
+    pub registry: Arc<MetricsRegistry>,
     /// Extra readiness condition (e.g. the backplane is reachable).
     pub ready: Arc<AtomicBool>,
     /// Banned client networks, checked before every upgrade and ICE request. Swapped
@@ -58,9 +61,10 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Builds the role's state from configuration.
-pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
+/// Builds the role's state from configuration; its metrics go into `registry`.
+pub fn state(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) -> Arc<AppState> {
     let metrics = Arc::new(SignalMetrics::default());
+    metrics.register(&registry);
     let hub_cfg = HubConfig {
         capacity: cfg.room_capacity,
         grace: Duration::from_secs(cfg.resume_grace),
@@ -86,8 +90,13 @@ pub fn state(cfg: SignalConfig, ice: IceSource) -> Arc<AppState> {
     });
     Arc::new(AppState {
         http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
+        listener_metrics: callbox_http::ListenerMetrics::register(
+            &registry,
+            "signal",
+            Arc::clone(&connections),
+        ),
         connections,
-        listener_metrics: Arc::new(callbox_http::ListenerMetrics::default()),
+        registry,
         cfg,
         hub,
         ice,
@@ -174,8 +183,8 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.metrics.render() + &app.listener_metrics.render("signal", &app.connections),
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        app.registry.encode(),
     )
         .into_response()
 }
@@ -241,9 +250,12 @@ pub struct SignalRole {
 }
 
 impl SignalRole {
-    /// The role for a configuration and the source of its ICE server lists.
-    pub fn new(cfg: SignalConfig, ice: IceSource) -> Self {
-        Self { app: state(cfg, ice) }
+    /// The role for a configuration and the source of its ICE server lists; its metrics
+    /// go into the process's `registry`.
+    pub fn new(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) -> Self {
+        Self {
+            app: state(cfg, ice, registry),
+        }
     }
 
     /// The handle the binary keeps for admin and access changes.

@@ -35,6 +35,7 @@ fn app(cfg: SignalConfig) -> Arc<AppState> {
             default_ttl: 600,
             max_ttl: 3600,
         },
+        Arc::new(callbox_core::metrics::MetricsRegistry::new()),
     )
 }
 

@@ -29,6 +29,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use callbox_core::metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsRegistry};
 use callbox_core::{Cidr, PeerPolicy};
 use tokio::sync::oneshot;
 use turn_proto::server::{Credentials, Quotas, ServerConfig};
@@ -245,14 +246,17 @@ impl std::fmt::Debug for WorkerSlotless {
 }
 
 impl TurnRole {
-    /// Builds the workers over bound listeners. `nonce_key` must be random.
+    /// Builds the workers over bound listeners; their counters go into `registry`.
+    /// `nonce_key` must be random.
     pub fn new(
         settings: TurnSettings,
         listeners: UdpListeners,
         nonce_key: [u8; 32],
+        registry: &MetricsRegistry,
     ) -> io::Result<(TurnRole, tokio::sync::mpsc::Receiver<EventRecord>)> {
         let n = settings.workers.max(1);
         let metrics = Arc::new(Metrics::new(n, Arc::clone(&settings.quotas)));
+        metrics.register(registry);
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
@@ -375,19 +379,14 @@ impl TurnRole {
     }
 }
 
-/// `/metrics`, `/healthz` and `/readyz` of the turn role.
-pub fn http_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+/// `/metrics` (everything in `registry`), `/healthz` and `/readyz` of the turn role.
+pub fn http_router(registry: Arc<MetricsRegistry>, ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                        m.render(),
-                    )
-                }
+                let text = registry.encode();
+                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text) }
             }),
         )
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))

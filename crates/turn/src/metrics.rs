@@ -1,9 +1,14 @@
 //! Counters of the turn role, written by the data path threads without contention (each
-//! worker owns a slot) and summed when `/metrics` is scraped.
+//! worker owns a slot) and summed when `/metrics` is scraped: the role registers a collector
+//! in the process's registry rather than prometheus-client counters, which would be shared
+//! atomics read-modify-written per packet by every worker.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge};
+use prometheus_client::collector::Collector;
 
 use turn_proto::server::{AuthFailure, Quotas, Stats};
 
@@ -89,135 +94,144 @@ impl Metrics {
         )
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP callbox_{name} {help}\n# TYPE callbox_{name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "callbox_{name}{labels} {v}");
-            }
-        };
-        metric(
-            "turn_allocations",
-            "gauge",
+    /// Adds these counters to `registry`.
+    pub fn register(self: &Arc<Self>, registry: &MetricsRegistry) {
+        registry.register_collector(Arc::clone(self));
+    }
+
+    /// These counters alone, in the Prometheus text format.
+    pub fn render(self: &Arc<Self>) -> String {
+        let registry = MetricsRegistry::new();
+        self.register(&registry);
+        registry.encode()
+    }
+}
+
+/// Gauges in the text format are signed; these counts never come near `i64::MAX`.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let enc = &mut enc;
+        gauge(
+            enc,
+            "callbox_turn_allocations",
             "Live TURN allocations.",
-            &[("", self.allocations())],
-        );
-        metric(
-            "turn_allocations_created_total",
-            "counter",
+            signed(self.allocations()),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_allocations_created",
             "TURN allocations created.",
-            &[("", self.sum(|w| &w.allocations_created))],
-        );
-        metric(
-            "turn_relayed_packets_total",
-            "counter",
+            self.sum(|w| &w.allocations_created),
+        )?;
+        counters(
+            enc,
+            "callbox_turn_relayed_packets",
             "Packets relayed, by direction.",
             &[
-                ("{direction=\"to_peer\"}", self.sum(|w| &w.packets_to_peer)),
-                ("{direction=\"to_client\"}", self.sum(|w| &w.packets_to_client)),
+                (&[("direction", "to_peer")], self.sum(|w| &w.packets_to_peer)),
+                (&[("direction", "to_client")], self.sum(|w| &w.packets_to_client)),
             ],
-        );
-        metric(
-            "turn_relayed_bytes_total",
-            "counter",
+        )?;
+        counters(
+            enc,
+            "callbox_turn_relayed_bytes",
             "Application bytes relayed, by direction.",
             &[
-                ("{direction=\"to_peer\"}", self.sum(|w| &w.bytes_to_peer)),
-                ("{direction=\"to_client\"}", self.sum(|w| &w.bytes_to_client)),
+                (&[("direction", "to_peer")], self.sum(|w| &w.bytes_to_peer)),
+                (&[("direction", "to_client")], self.sum(|w| &w.bytes_to_client)),
             ],
-        );
-        metric(
-            "stun_binding_requests_total",
-            "counter",
+        )?;
+        counter(
+            enc,
+            "callbox_stun_binding_requests",
             "STUN Binding requests answered.",
-            &[("", self.sum(|w| &w.binding_requests))],
-        );
-        let labels: Vec<String> = AuthFailure::ALL
+            self.sum(|w| &w.binding_requests),
+        )?;
+        let reasons: Vec<[(&str, &str); 1]> =
+            AuthFailure::ALL.iter().map(|r| [("reason", r.label())]).collect();
+        let failures: Vec<(Labels<'_>, u64)> = AuthFailure::ALL
             .iter()
-            .map(|r| format!("{{reason=\"{}\"}}", r.label()))
+            .zip(&reasons)
+            .map(|(r, l)| (&l[..], self.sum(|w| &w.auth_failures[*r as usize])))
             .collect();
-        let values: Vec<(&str, u64)> = AuthFailure::ALL
-            .iter()
-            .zip(&labels)
-            .map(|(r, l)| (l.as_str(), self.sum(|w| &w.auth_failures[*r as usize])))
-            .collect();
-        metric(
-            "turn_auth_failures_total",
-            "counter",
+        counters(
+            enc,
+            "callbox_turn_auth_failures",
             "Requests refused by authentication, by reason (challenge is the normal first 401).",
-            &values,
-        );
-        metric(
-            "turn_denied_peers_total",
-            "counter",
+            &failures,
+        )?;
+        counter(
+            enc,
+            "callbox_turn_denied_peers",
             "Permissions, channel binds and packets refused by the peer policy.",
-            &[("", self.sum(|w| &w.denied_peers))],
-        );
-        metric(
-            "turn_quota_rejections_total",
-            "counter",
+            self.sum(|w| &w.denied_peers),
+        )?;
+        counters(
+            enc,
+            "callbox_turn_quota_rejections",
             "Allocations refused by quota.",
             &[
-                ("{quota=\"user\"}", self.sum(|w| &w.quota_user)),
-                ("{quota=\"total\"}", self.sum(|w| &w.quota_total)),
+                (&[("quota", "user")], self.sum(|w| &w.quota_user)),
+                (&[("quota", "total")], self.sum(|w| &w.quota_total)),
             ],
-        );
-        metric(
-            "turn_banned_total",
-            "counter",
+        )?;
+        counter(
+            enc,
+            "callbox_turn_banned",
             "Allocate requests refused (403) because the client address is banned.",
-            &[("", self.sum(|w| &w.allocate_banned))],
-        );
-        metric(
-            "turn_unauthenticated_drops_total",
-            "counter",
+            self.sum(|w| &w.allocate_banned),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_unauthenticated_drops",
             "Requests from 5-tuples without an allocation left unanswered: their source was past turn.unauthenticated_rate (reflection limit).",
-            &[("", self.sum(|w| &w.unauthenticated_drops))],
-        );
-        metric(
-            "turn_dropped_packets_total",
-            "counter",
+            self.sum(|w| &w.unauthenticated_drops),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_dropped_packets",
             "Datagrams dropped: malformed, no allocation, no permission or channel.",
-            &[("", self.sum(|w| &w.dropped_packets))],
-        );
-        metric(
-            "turn_bandwidth_drops_total",
-            "counter",
+            self.sum(|w| &w.dropped_packets),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_bandwidth_drops",
             "Datagrams dropped by the per-allocation bandwidth cap.",
-            &[("", self.sum(|w| &w.bandwidth_drops))],
-        );
-        metric(
-            "turn_send_drops_total",
-            "counter",
+            self.sum(|w| &w.bandwidth_drops),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_send_drops",
             "Datagrams the kernel refused to send.",
-            &[("", self.sum(|w| &w.send_drops))],
-        );
-        metric(
-            "turn_relay_bind_failures_total",
-            "counter",
+            self.sum(|w| &w.send_drops),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_relay_bind_failures",
             "Allocations refused because no relay port could be bound.",
-            &[("", self.sum(|w| &w.relay_bind_failures))],
-        );
-        metric(
-            "turn_event_drops_total",
-            "counter",
+            self.sum(|w| &w.relay_bind_failures),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_event_drops",
             "Allocation events dropped because their consumer fell behind.",
-            &[("", self.event_drops.load(Relaxed))],
-        );
-        metric(
-            "turn_quota_allocations",
-            "gauge",
+            self.event_drops.load(Relaxed),
+        )?;
+        gauge(
+            enc,
+            "callbox_turn_quota_allocations",
             "Allocations counted against the total quota.",
-            &[("", u64::from(self.quotas.total()))],
-        );
-        metric(
-            "turn_workers",
-            "gauge",
+            i64::from(self.quotas.total()),
+        )?;
+        gauge(
+            enc,
+            "callbox_turn_workers",
             "Data path threads.",
-            &[("", self.workers.len() as u64)],
-        );
-        out
+            signed(self.workers.len() as u64),
+        )
     }
 }

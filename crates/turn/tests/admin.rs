@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use callbox_core::credentials::long_term_key;
+use callbox_core::metrics::MetricsRegistry;
 use callbox_core::{Cidr, PeerPolicy};
 use callbox_turn::{EventRecord, TurnControl, TurnRole, TurnSettings, UdpListeners};
 use test_support::turn_client::TurnClient;
@@ -62,7 +63,7 @@ fn start() -> Relay {
         reservation_lifetime: turn_proto::server::RESERVATION_LIFETIME,
         max_reservations: 1024,
     };
-    let (role, events) = TurnRole::new(settings, listeners, [7; 32]).unwrap();
+    let (role, events) = TurnRole::new(settings, listeners, [7; 32], &MetricsRegistry::new()).unwrap();
     let control = role.control();
     let metrics = role.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
