@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use turn_proto::server::{AuthFailure, Quotas, Stats};
 
+use crate::worker::DriverCounters;
+
 /// One worker's counters, padded to its own cache lines.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -28,11 +30,12 @@ pub struct WorkerSlot {
     unauthenticated_drops: AtomicU64,
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
+    relay_receive_errors: AtomicU64,
 }
 
 impl WorkerSlot {
     /// Copies a shard's cumulative counters (one relaxed store each).
-    pub fn publish(&self, s: &Stats, allocations: usize, send_drops: u64, relay_bind_failures: u64) {
+    pub(crate) fn publish(&self, s: &Stats, allocations: usize, driver: &DriverCounters) {
         self.packets_to_peer.store(s.traffic.packets_to_peer, Relaxed);
         self.bytes_to_peer.store(s.traffic.bytes_to_peer, Relaxed);
         self.packets_to_client.store(s.traffic.packets_to_client, Relaxed);
@@ -50,8 +53,11 @@ impl WorkerSlot {
         self.bandwidth_drops.store(s.bandwidth_drops, Relaxed);
         self.allocate_banned.store(s.allocate_banned, Relaxed);
         self.unauthenticated_drops.store(s.unauthenticated_drops, Relaxed);
-        self.send_drops.store(send_drops, Relaxed);
-        self.relay_bind_failures.store(relay_bind_failures, Relaxed);
+        self.send_drops.store(driver.send_drops, Relaxed);
+        self.relay_bind_failures
+            .store(driver.relay_bind_failures, Relaxed);
+        self.relay_receive_errors
+            .store(driver.relay_receive_errors, Relaxed);
     }
 }
 
@@ -197,8 +203,14 @@ impl Metrics {
         metric(
             "turn_relay_bind_failures_total",
             "counter",
-            "Allocations refused because no relay port could be bound.",
+            "Allocations refused because no relay socket could be bound (the log line has the cause).",
             &[("", self.sum(|w| &w.relay_bind_failures))],
+        );
+        metric(
+            "turn_relay_receive_errors_total",
+            "counter",
+            "Failed receives on relay sockets (mostly ICMP port unreachable from a peer, reported on the next receive).",
+            &[("", self.sum(|w| &w.relay_receive_errors))],
         );
         metric(
             "turn_event_drops_total",

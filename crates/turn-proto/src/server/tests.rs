@@ -1,8 +1,13 @@
 //! Sans-IO tests on simulated time: a scripted client against one server shard.
 
 use super::*;
-use callbox_core::credentials::{long_term_key, mint, rest_password};
+use std::net::IpAddr;
+
+use crate::stun::{MessageBuilder, attr};
+use callbox_core::credentials::{LongTermKey, SecretSet, long_term_key, mint, rest_password};
 use callbox_core::{Cidr, Secret};
+
+const UDP: u8 = 17;
 
 const REALM: &str = "callbox";
 const T0_UNIX: u64 = 1_800_000_000;
@@ -109,7 +114,7 @@ impl Harness {
                     }
                     let bound = reserved
                         .then(|| SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port + 1))
-                        .ok_or(());
+                        .ok_or(RelayBindError::NoReservation);
                     self.server.relay_bound(id, bound, self.now);
                 }
                 Command::SendToClient { to, bytes } => {
