@@ -40,16 +40,12 @@ const MAX_SLEEP: Duration = Duration::from_millis(250);
 pub enum Control {
     /// Close every allocation of this user id.
     KickUser(String),
-    /// Close one allocation.
-    Kick(AllocId),
     /// Close every allocation whose client address is in one of these networks.
     KickClients(Vec<Cidr>),
     /// Answer with this worker's live allocations.
     List(oneshot::Sender<Vec<AllocationInfo>>),
     /// Close one allocation; answer whether it existed.
     Close(AllocId, oneshot::Sender<bool>),
-    /// Close every allocation of this user id; answer how many there were.
-    CloseUser(String, oneshot::Sender<usize>),
 }
 
 /// The other threads' handle on a worker.
@@ -314,9 +310,6 @@ impl Worker {
                 Control::KickUser(user) => {
                     self.server.kick_user(&user);
                 }
-                Control::Kick(id) => {
-                    self.server.kick(id);
-                }
                 Control::KickClients(nets) => {
                     self.server.kick_clients(|ip| nets.iter().any(|n| n.contains(ip)));
                 }
@@ -325,9 +318,6 @@ impl Worker {
                 }
                 Control::Close(id, answer) => {
                     let _ = answer.send(self.server.kick(id));
-                }
-                Control::CloseUser(user, answer) => {
-                    let _ = answer.send(self.server.kick_user(&user));
                 }
             }
         }

@@ -25,6 +25,10 @@ const MAX_UNKNOWN: usize = 8;
 /// errors of [`ClientRequest::parse`] itself (420, unsupported method) are answered before
 /// authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one request; boxing the peer list would allocate"
+)]
 pub enum ClientRequest {
     Binding,
     Allocate(Result<AllocateRequest, RequestError>),
