@@ -7,10 +7,10 @@
 //! shared on the packet path.
 //!
 //! Architecture invariant: the data path depends only on `callbox-core` and `turn-proto`.
-//! The rest of the appliance reaches it through [`TurnControl`] (credentials, policy,
-//! bans, kicks, the live allocation list) and the event channel (allocation history),
-//! neither of which can block it: control messages are read between batches and answered
-//! on oneshot channels.
+//! The rest of the appliance reaches it through [`TurnControl`] (credentials, bans,
+//! kicks, the live allocation list), the peer policy snapshot of [`TurnSettings`] and the
+//! event channel (allocation history), none of which can block it: control messages and
+//! snapshots are read between batches, and answered on oneshot channels.
 
 pub mod batch;
 pub mod metrics;
@@ -57,6 +57,8 @@ pub struct TurnSettings {
     pub workers: usize,
     pub port_range: (u16, u16),
     pub credentials: Arc<ArcSwap<Credentials>>,
+    /// The peer policy; a policy stored here is picked up by the workers between batches
+    /// and judged against live permissions at their next packet.
     pub policy: Arc<ArcSwap<PeerPolicy>>,
     pub quotas: Arc<Quotas>,
     /// How long an EVEN-PORT reservation is kept, and how many are held at once.
