@@ -209,7 +209,7 @@ impl Metrics {
         metric(
             "turn_relay_receive_errors_total",
             "counter",
-            "Failed receives on relay sockets (mostly ICMP port unreachable from a peer, reported on the next receive).",
+            "Receives on relay sockets that failed (the socket's error was logged, once a second at most).",
             &[("", self.sum(|w| &w.relay_receive_errors))],
         );
         metric(
@@ -231,5 +231,33 @@ impl Metrics {
             &[("", self.workers.len() as u64)],
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_counters_are_summed_over_workers() {
+        let m = Metrics::new(2, Arc::new(Quotas::new(10, 10)));
+        let counters = DriverCounters {
+            send_drops: 1,
+            relay_bind_failures: 2,
+            relay_receive_errors: 3,
+        };
+        m.workers[0].publish(&Stats::default(), 0, &counters);
+        m.workers[1].publish(&Stats::default(), 0, &counters);
+        let text = m.render();
+        assert!(text.contains("\ncallbox_turn_send_drops_total 2\n"), "{text}");
+        assert!(
+            text.contains("\ncallbox_turn_relay_bind_failures_total 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE callbox_turn_relay_receive_errors_total counter\n"));
+        assert!(
+            text.contains("\ncallbox_turn_relay_receive_errors_total 6\n"),
+            "{text}"
+        );
     }
 }

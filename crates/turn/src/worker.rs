@@ -394,8 +394,8 @@ impl Worker {
             let n = match self.peer_rx.recv(fd, BATCH, PEER_TAILROOM) {
                 Ok(n) => n,
                 Err(e) => {
-                    // Mostly ConnectionRefused: an ICMP port unreachable for an earlier send
-                    // to a peer, reported on the next call. Counted; logged once a second.
+                    // Rare (the socket is unconnected, so ICMP errors from peers are not
+                    // reported on it) and so worth seeing: counted, logged once a second.
                     self.counters.relay_receive_errors += 1;
                     if self.relay_error_log.allow(Instant::now()) {
                         tracing::warn!(error = %e, kind = ?e.kind(), alloc = id.0, "receive on relay socket failed");
