@@ -31,6 +31,7 @@
 #![no_main]
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ use libfuzzer_sys::fuzz_target;
 use turn_proto::nonce::NonceMaker;
 use turn_proto::server::{
     AllocId, ClientAction, Command, Credentials, Event, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Quotas,
-    RESERVATION_LIFETIME, RelayIp, Server, ServerConfig,
+    RESERVATION_LIFETIME, RelayBindError, RelayIp, Server, ServerConfig,
 };
 use turn_proto::stun::{Class, Message, MessageBuilder, attr, parse_channel_data, split_type};
 
@@ -92,7 +93,7 @@ const MAX_PEER_PAYLOAD: usize = 2048 - PEER_HEADROOM - PEER_TAILROOM;
 
 /// What one client 5-tuple can make a shard hold with valid credentials: its index entry,
 /// an allocation or a pending bind, and up to 128 permissions and 128 channels
-/// (MAX_PERMISSIONS and MAX_CHANNELS in server.rs).
+/// (MAX_PERMISSIONS and MAX_CHANNELS in server/allocation.rs).
 const PER_CLIENT: usize = 1 + 1 + 128 + 128;
 const STATE_BOUND: usize = CLIENTS.len() * PER_CLIENT;
 
@@ -278,7 +279,14 @@ impl Harness {
             } => {
                 assert!(ip.is_unspecified(), "binds on the configured address");
                 if fail {
-                    self.server.relay_bound(id, Err(()), self.now);
+                    // Either answer: port exhaustion (508) or another failure (500).
+                    let kind = if id.0 % 2 == 0 {
+                        io::ErrorKind::AddrInUse
+                    } else {
+                        io::ErrorKind::PermissionDenied
+                    };
+                    self.server
+                        .relay_bound(id, Err(RelayBindError::Io(kind.into())), self.now);
                     return;
                 }
                 self.relay_port = self
@@ -305,7 +313,11 @@ impl Harness {
                     self.quotas.release(&user);
                     addr
                 });
-                let result = if fail { Err(()) } else { taken.ok_or(()) };
+                let result = if fail {
+                    Err(RelayBindError::Io(io::ErrorKind::AddrInUse.into()))
+                } else {
+                    taken.ok_or(RelayBindError::NoReservation)
+                };
                 self.server.relay_bound(id, result, self.now);
             }
             other => unreachable!("{other:?}"),

@@ -199,7 +199,7 @@ async fn bind_turn(
     }
     anyhow::ensure!(!listen.is_empty(), "no TURN listener could be bound");
     let addrs: Vec<SocketAddr> = listen.iter().flat_map(|l| l.local_addrs().to_vec()).collect();
-    let udp = UdpListeners::bind_merge(listen);
+    let udp = UdpListeners::merge(listen);
     let http = match t.http_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

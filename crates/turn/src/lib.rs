@@ -7,10 +7,10 @@
 //! shared on the packet path.
 //!
 //! Architecture invariant: the data path depends only on `callbox-core` and `turn-proto`.
-//! The rest of the appliance reaches it through [`TurnControl`] (credentials, policy,
-//! bans, kicks, the live allocation list) and the event channel (allocation history),
-//! neither of which can block it: control messages are read between batches and answered
-//! on oneshot channels.
+//! The rest of the appliance reaches it through [`TurnControl`] (credentials, bans,
+//! kicks, the live allocation list), the peer policy snapshot of [`TurnSettings`] and the
+//! event channel (allocation history), none of which can block it: control messages and
+//! snapshots are read between batches, and answered on oneshot channels.
 
 pub mod batch;
 pub mod metrics;
@@ -58,6 +58,8 @@ pub struct TurnSettings {
     pub workers: usize,
     pub port_range: (u16, u16),
     pub credentials: Arc<ArcSwap<Credentials>>,
+    /// The peer policy; a policy stored here is picked up by the workers between batches
+    /// and judged against live permissions at their next packet.
     pub policy: Arc<ArcSwap<PeerPolicy>>,
     pub quotas: Arc<Quotas>,
     /// How long an EVEN-PORT reservation is kept, and how many are held at once.
@@ -123,7 +125,6 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct TurnControl {
     workers: Vec<WorkerHandle>,
     credentials: Arc<ArcSwap<Credentials>>,
-    policy: Arc<ArcSwap<PeerPolicy>>,
 }
 
 impl TurnControl {
@@ -136,12 +137,6 @@ impl TurnControl {
         self.wake_all();
     }
 
-    /// Installs a new peer policy (checked again on every packet to a peer).
-    pub fn set_policy(&self, p: PeerPolicy) {
-        self.policy.store(Arc::new(p));
-        self.wake_all();
-    }
-
     fn wake_all(&self) {
         for w in &self.workers {
             let _ = w.waker.wake();
@@ -149,24 +144,10 @@ impl TurnControl {
     }
 
     /// Closes every allocation of a user id (a ban or a removed user). Fire and forget;
-    /// [`TurnControl::close_user`] answers.
+    /// the Closed events (reason kicked) tell what was closed.
     pub fn kick_user(&self, user: &str) {
         for w in &self.workers {
             w.send(Control::KickUser(user.to_string()));
-        }
-    }
-
-    /// Closes every allocation of a user id and returns how many were closed (summed over
-    /// the workers that answered within [`CONTROL_TIMEOUT`]).
-    pub async fn close_user(&self, user: &str) -> usize {
-        let answers = self.ask_all(|tx| Control::CloseUser(user.to_string(), tx)).await;
-        answers.into_iter().sum()
-    }
-
-    /// Closes one allocation. Fire and forget; [`TurnControl::close_allocation`] answers.
-    pub fn kick(&self, id: AllocId) {
-        if let Some(w) = self.owner(id) {
-            w.send(Control::Kick(id));
         }
     }
 
@@ -229,7 +210,7 @@ impl TurnControl {
 /// The turn role, ready to run.
 #[derive(Debug)]
 pub struct TurnRole {
-    workers: Vec<(usize, WorkerSlotless)>,
+    workers: Vec<(usize, PendingWorker)>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     control: TurnControl,
@@ -237,9 +218,9 @@ pub struct TurnRole {
 }
 
 /// A worker built but not yet running (its thread starts in `run`).
-struct WorkerSlotless(Worker);
+struct PendingWorker(Worker);
 
-impl std::fmt::Debug for WorkerSlotless {
+impl std::fmt::Debug for PendingWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Worker")
     }
@@ -298,13 +279,12 @@ impl TurnRole {
                 metrics: Arc::clone(&metrics),
                 reservations: Arc::clone(&reservations),
             })?;
-            workers.push((index, WorkerSlotless(w)));
+            workers.push((index, PendingWorker(w)));
             handles.push(h);
         }
         let control = TurnControl {
             workers: handles,
             credentials: settings.credentials,
-            policy: settings.policy,
         };
         Ok((
             TurnRole {
@@ -335,7 +315,7 @@ impl TurnRole {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> io::Result<()> {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut threads = Vec::new();
-        for (index, WorkerSlotless(w)) in self.workers {
+        for (index, PendingWorker(w)) in self.workers {
             let done = done_tx.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -406,8 +386,8 @@ pub fn http_router(registry: Arc<MetricsRegistry>, ready: Arc<AtomicBool>) -> Ro
 }
 
 impl UdpListeners {
-    /// One set of listeners from several (each bound separately).
-    pub fn bind_merge(parts: Vec<UdpListeners>) -> UdpListeners {
+    /// One set of listeners from several already bound (each by [`UdpListeners::bind`]).
+    pub fn merge(parts: Vec<UdpListeners>) -> UdpListeners {
         let mut out = UdpListeners {
             addrs: Vec::new(),
             sockets: Vec::new(),

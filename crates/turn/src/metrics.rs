@@ -12,6 +12,8 @@ use prometheus_client::collector::Collector;
 
 use turn_proto::server::{AuthFailure, Quotas, Stats};
 
+use crate::worker::DriverCounters;
+
 /// One worker's counters, padded to its own cache lines.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -33,11 +35,12 @@ pub struct WorkerSlot {
     unauthenticated_drops: AtomicU64,
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
+    relay_receive_errors: AtomicU64,
 }
 
 impl WorkerSlot {
     /// Copies a shard's cumulative counters (one relaxed store each).
-    pub fn publish(&self, s: &Stats, allocations: usize, send_drops: u64, relay_bind_failures: u64) {
+    pub(crate) fn publish(&self, s: &Stats, allocations: usize, driver: &DriverCounters) {
         self.packets_to_peer.store(s.traffic.packets_to_peer, Relaxed);
         self.bytes_to_peer.store(s.traffic.bytes_to_peer, Relaxed);
         self.packets_to_client.store(s.traffic.packets_to_client, Relaxed);
@@ -55,8 +58,11 @@ impl WorkerSlot {
         self.bandwidth_drops.store(s.bandwidth_drops, Relaxed);
         self.allocate_banned.store(s.allocate_banned, Relaxed);
         self.unauthenticated_drops.store(s.unauthenticated_drops, Relaxed);
-        self.send_drops.store(send_drops, Relaxed);
-        self.relay_bind_failures.store(relay_bind_failures, Relaxed);
+        self.send_drops.store(driver.send_drops, Relaxed);
+        self.relay_bind_failures
+            .store(driver.relay_bind_failures, Relaxed);
+        self.relay_receive_errors
+            .store(driver.relay_receive_errors, Relaxed);
     }
 }
 
@@ -212,8 +218,14 @@ impl Collector for Metrics {
         counter(
             enc,
             "callbox_turn_relay_bind_failures",
-            "Allocations refused because no relay port could be bound.",
+            "Allocations refused because no relay socket could be bound (the log line has the cause).",
             self.sum(|w| &w.relay_bind_failures),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_relay_receive_errors",
+            "Receives on relay sockets that failed (the socket's error was logged, once a second at most).",
+            self.sum(|w| &w.relay_receive_errors),
         )?;
         counter(
             enc,
@@ -233,5 +245,33 @@ impl Collector for Metrics {
             "Data path threads.",
             signed(self.workers.len() as u64),
         )
+    }
+}
+
+#[cfg(test)]
+mod driver_tests {
+    use super::*;
+
+    #[test]
+    fn driver_counters_are_summed_over_workers() {
+        let m = Arc::new(Metrics::new(2, Arc::new(Quotas::new(10, 10))));
+        let counters = DriverCounters {
+            send_drops: 1,
+            relay_bind_failures: 2,
+            relay_receive_errors: 3,
+        };
+        m.workers[0].publish(&Stats::default(), 0, &counters);
+        m.workers[1].publish(&Stats::default(), 0, &counters);
+        let text = m.render();
+        assert!(text.contains("\ncallbox_turn_send_drops_total 2\n"), "{text}");
+        assert!(
+            text.contains("\ncallbox_turn_relay_bind_failures_total 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE callbox_turn_relay_receive_errors_total counter\n"));
+        assert!(
+            text.contains("\ncallbox_turn_relay_receive_errors_total 6\n"),
+            "{text}"
+        );
     }
 }

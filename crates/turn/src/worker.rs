@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng as _;
 use slab::Slab;
 use tokio::sync::oneshot;
-use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM};
+use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM, RelayBindError};
 use turn_proto::{AllocId, AllocationInfo, ClientAction, Command, PeerAction, Server};
 
 use crate::batch::{BATCH, RecvBatch, SendBatch};
@@ -40,16 +40,12 @@ const MAX_SLEEP: Duration = Duration::from_millis(250);
 pub enum Control {
     /// Close every allocation of this user id.
     KickUser(String),
-    /// Close one allocation.
-    Kick(AllocId),
     /// Close every allocation whose client address is in one of these networks.
     KickClients(Vec<Cidr>),
     /// Answer with this worker's live allocations.
     List(oneshot::Sender<Vec<AllocationInfo>>),
     /// Close one allocation; answer whether it existed.
     Close(AllocId, oneshot::Sender<bool>),
-    /// Close every allocation of this user id; answer how many there were.
-    CloseUser(String, oneshot::Sender<usize>),
 }
 
 /// The other threads' handle on a worker.
@@ -94,20 +90,51 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     control: mpsc::Receiver<Control>,
     credentials: Arc<ArcSwap<Credentials>>,
-    credentials_seen: *const Credentials,
+    /// The credentials snapshot last installed in `server`, told from a new one by
+    /// pointer (a snapshot is swapped whole, never changed in place).
+    credentials_seen: Arc<Credentials>,
     policy: Arc<ArcSwap<PeerPolicy>>,
-    policy_seen: *const PeerPolicy,
+    /// The policy snapshot last installed in `server`, likewise.
+    policy_seen: Arc<PeerPolicy>,
     events: tokio::sync::mpsc::Sender<EventRecord>,
     metrics: Arc<Metrics>,
     reservations: Arc<Reservations>,
-    send_drops: u64,
-    relay_bind_failures: u64,
+    counters: DriverCounters,
+    listener_error_log: LogLimit,
+    relay_error_log: LogLimit,
+    bind_error_log: LogLimit,
     next_reservation_sweep: Instant,
 }
 
-// SAFETY: the raw pointers are only compared, never dereferenced; they identify the
-// credentials and policy snapshots this worker last installed.
-unsafe impl Send for Worker {}
+/// What the driver counts itself (the server counts the rest in its `Stats`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DriverCounters {
+    pub send_drops: u64,
+    pub relay_bind_failures: u64,
+    pub relay_receive_errors: u64,
+}
+
+/// Lets a log line through at most once a second: a socket that keeps failing is
+/// counted every time but must not flood the log.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+}
+
+impl LogLimit {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
 
 pub(crate) struct WorkerParts {
     pub index: usize,
@@ -155,15 +182,17 @@ impl Worker {
             again: Vec::with_capacity(256),
             stop: p.stop,
             control: rx,
-            credentials_seen: Arc::as_ptr(&p.credentials.load_full()),
+            credentials_seen: p.credentials.load_full(),
             credentials: p.credentials,
-            policy_seen: Arc::as_ptr(&p.policy.load_full()),
+            policy_seen: p.policy.load_full(),
             policy: p.policy,
             events: p.events,
             metrics: p.metrics,
             reservations: p.reservations,
-            send_drops: 0,
-            relay_bind_failures: 0,
+            counters: DriverCounters::default(),
+            listener_error_log: LogLimit::default(),
+            relay_error_log: LogLimit::default(),
+            bind_error_log: LogLimit::default(),
             next_reservation_sweep: Instant::now(),
         };
         Ok((worker, WorkerHandle { waker, control: tx }))
@@ -232,13 +261,13 @@ impl Worker {
     /// Installs the credentials and policy snapshots if they changed since last time.
     fn load_snapshots(&mut self) {
         let creds = self.credentials.load();
-        if Arc::as_ptr(&creds) != self.credentials_seen {
-            self.credentials_seen = Arc::as_ptr(&creds);
+        if !Arc::ptr_eq(&creds, &self.credentials_seen) {
+            self.credentials_seen = Arc::clone(&creds);
             self.server.set_credentials(Arc::clone(&creds));
         }
         let policy = self.policy.load();
-        if Arc::as_ptr(&policy) != self.policy_seen {
-            self.policy_seen = Arc::as_ptr(&policy);
+        if !Arc::ptr_eq(&policy, &self.policy_seen) {
+            self.policy_seen = Arc::clone(&policy);
             self.server.set_policy(Arc::clone(&policy));
         }
     }
@@ -251,8 +280,7 @@ impl Worker {
         self.slot().publish(
             self.server.stats(),
             self.server.allocation_count(),
-            self.send_drops,
-            self.relay_bind_failures,
+            &self.counters,
         );
     }
 
@@ -282,9 +310,6 @@ impl Worker {
                 Control::KickUser(user) => {
                     self.server.kick_user(&user);
                 }
-                Control::Kick(id) => {
-                    self.server.kick(id);
-                }
                 Control::KickClients(nets) => {
                     self.server.kick_clients(|ip| nets.iter().any(|n| n.contains(ip)));
                 }
@@ -293,9 +318,6 @@ impl Worker {
                 }
                 Control::Close(id, answer) => {
                     let _ = answer.send(self.server.kick(id));
-                }
-                Control::CloseUser(user, answer) => {
-                    let _ = answer.send(self.server.kick_user(&user));
                 }
             }
         }
@@ -309,7 +331,9 @@ impl Worker {
             let n = match self.client_rx.recv(fd, BATCH, 0) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(error = %e, "receive on TURN listener failed");
+                    if self.listener_error_log.allow(Instant::now()) {
+                        tracing::warn!(error = %e, kind = ?e.kind(), "receive on TURN listener failed");
+                    }
                     return Ok(false);
                 }
             };
@@ -333,7 +357,7 @@ impl Worker {
                     ClientAction::None => {}
                     ClientAction::Reply => {
                         if self.listeners[li].send_to(&self.reply, from).is_err() {
-                            self.send_drops += 1;
+                            self.counters.send_drops += 1;
                         }
                     }
                     ClientAction::Relay { id, peer, payload } => {
@@ -341,7 +365,7 @@ impl Worker {
                             let fd = self.relays[slot].sock.as_raw_fd();
                             // Consecutive packets for one relay socket go in one sendmmsg.
                             if fd != self.to_peer_fd && !self.to_peer.is_empty() {
-                                self.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
+                                self.counters.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
                             }
                             self.to_peer_fd = fd;
                             // SAFETY: `payload` points into `client_rx`, which is not
@@ -369,7 +393,15 @@ impl Worker {
         for _ in 0..MAX_BATCHES_PER_TURN {
             let n = match self.peer_rx.recv(fd, BATCH, PEER_TAILROOM) {
                 Ok(n) => n,
-                Err(_) => return false,
+                Err(e) => {
+                    // Rare (the socket is unconnected, so ICMP errors from peers are not
+                    // reported on it) and so worth seeing: counted, logged once a second.
+                    self.counters.relay_receive_errors += 1;
+                    if self.relay_error_log.allow(Instant::now()) {
+                        tracing::warn!(error = %e, kind = ?e.kind(), alloc = id.0, "receive on relay socket failed");
+                    }
+                    return false;
+                }
             };
             if n == 0 {
                 return false;
@@ -395,7 +427,7 @@ impl Worker {
             }
             if !self.to_client.is_empty() {
                 let lfd = self.listeners[li].as_raw_fd();
-                self.send_drops += self.to_client.flush(lfd) as u64;
+                self.counters.send_drops += self.to_client.flush(lfd) as u64;
             }
             if n < BATCH {
                 return false;
@@ -406,7 +438,7 @@ impl Worker {
 
     fn flush_to_peer(&mut self) {
         if !self.to_peer.is_empty() {
-            self.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
+            self.counters.send_drops += self.to_peer.flush(self.to_peer_fd) as u64;
         }
     }
 
@@ -428,15 +460,13 @@ impl Worker {
                             .and_then(|(r, user)| self.reservations.insert(r, user, now));
                         self.install_relay(id, sock, li, token, now);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %ip, "no relay port could be bound");
-                        self.relay_bind_failures += 1;
-                        self.server.relay_bound(id, Err(()), now);
-                    }
+                    Err(e) => self.relay_bind_failed(id, e, now),
                 },
                 Command::TakeReservation { id, token } => match self.reservations.take(&token, now) {
                     Some(sock) => self.install_relay(id, UdpSocket::from_std(sock), li, None, now),
-                    None => self.server.relay_bound(id, Err(()), now),
+                    None => self
+                        .server
+                        .relay_bound(id, Err(RelayBindError::NoReservation), now),
                 },
                 Command::CloseRelay { id } => {
                     if let Some(key) = self.relay_by_id.remove(&id) {
@@ -446,7 +476,7 @@ impl Worker {
                 }
                 Command::SendToClient { to, bytes } => {
                     if self.listeners[li].send_to(&bytes, to).is_err() {
-                        self.send_drops += 1;
+                        self.counters.send_drops += 1;
                     }
                 }
             }
@@ -464,12 +494,13 @@ impl Worker {
     ) {
         let entry = self.relays.vacant_entry();
         let key = entry.key();
-        let registered =
-            self.poll
-                .registry()
-                .register(&mut sock, Token(RELAY_BASE + key), Interest::READABLE);
-        match (sock.local_addr(), registered) {
-            (Ok(local), Ok(())) => {
+        let installed = self
+            .poll
+            .registry()
+            .register(&mut sock, Token(RELAY_BASE + key), Interest::READABLE)
+            .and_then(|()| sock.local_addr());
+        match installed {
+            Ok(local) => {
                 entry.insert(Relay {
                     sock,
                     id,
@@ -478,11 +509,19 @@ impl Worker {
                 self.relay_by_id.insert(id, key);
                 self.server.relay_bound_reserved(id, Ok(local), token, now);
             }
-            _ => {
-                self.relay_bind_failures += 1;
-                self.server.relay_bound(id, Err(()), now);
-            }
+            // The socket closes here, which also takes it out of the poll.
+            Err(e) => self.relay_bind_failed(id, e, now),
         }
+    }
+
+    /// Counts and logs (once a second at most) a relay socket that could not be had, then
+    /// tells the server, which answers the Allocate by the error's kind (508 or 500).
+    fn relay_bind_failed(&mut self, id: AllocId, e: io::Error, now: Instant) {
+        self.counters.relay_bind_failures += 1;
+        if self.bind_error_log.allow(now) {
+            tracing::warn!(error = %e, kind = ?e.kind(), alloc = id.0, "no relay socket for an allocation");
+        }
+        self.server.relay_bound(id, Err(RelayBindError::Io(e)), now);
     }
 
     /// Binds a UDP socket on `ip` at a random free port of the relay range (an even one

@@ -1,8 +1,14 @@
 //! Sans-IO tests on simulated time: a scripted client against one server shard.
 
 use super::*;
-use callbox_core::credentials::{long_term_key, mint, rest_password};
+use std::io;
+use std::net::IpAddr;
+
+use crate::stun::{MessageBuilder, attr};
+use callbox_core::credentials::{LongTermKey, SecretSet, long_term_key, mint, rest_password};
 use callbox_core::{Cidr, Secret};
+
+const UDP: u8 = 17;
 
 const REALM: &str = "callbox";
 const T0_UNIX: u64 = 1_800_000_000;
@@ -109,7 +115,7 @@ impl Harness {
                     }
                     let bound = reserved
                         .then(|| SocketAddr::new("127.0.0.1".parse().unwrap(), self.relay_port + 1))
-                        .ok_or(());
+                        .ok_or(RelayBindError::NoReservation);
                     self.server.relay_bound(id, bound, self.now);
                 }
                 Command::SendToClient { to, bytes } => {
@@ -397,7 +403,46 @@ fn default_policy_refuses_with_403_and_checks_each_send() {
         ClientAction::None
     );
     assert!(h.server.stats().denied_peers > 0);
-    let _ = id;
+    assert_eq!(h.server.allocations(h.now).next().map(|a| a.id), Some(id));
+}
+
+#[test]
+fn a_policy_change_blocks_an_existing_permissions_traffic() {
+    let mut h = Harness::default();
+    let mut c = Client::rest("192.0.2.7:4444", "alice", 3600);
+    assert_eq!(c.allocate(&mut h).1, None);
+    assert_eq!(c.permission(&mut h, "127.0.0.2:7000"), None);
+    let relayed = |a: &ClientAction<'_>| matches!(a, ClientAction::Relay { .. });
+    assert!(relayed(&send_indication(&mut h, c.addr, "127.0.0.2:7000")));
+    // Another port of the permitted address is judged for itself.
+    assert!(relayed(&send_indication(&mut h, c.addr, "127.0.0.2:7001")));
+    assert_eq!(
+        send_indication(&mut h, c.addr, "127.0.0.2:3478"),
+        ClientAction::None,
+        "a refused port of a permitted address"
+    );
+
+    // The permission stays; its traffic is refused from the next packet on, every packet.
+    let denied = h.server.stats().denied_peers;
+    h.server.set_policy(Arc::new(PeerPolicy::new(
+        vec![],
+        vec!["127.0.0.2/32".parse().unwrap()],
+        vec![],
+        vec![],
+    )));
+    for _ in 0..3 {
+        assert_eq!(
+            send_indication(&mut h, c.addr, "127.0.0.2:7000"),
+            ClientAction::None
+        );
+    }
+    assert_eq!(h.server.stats().denied_peers, denied + 3);
+    let info = h.server.allocations(h.now).next().unwrap();
+    assert_eq!(info.permissions, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+
+    // And a policy that allows it again reopens it without a new CreatePermission.
+    h.server.set_policy(Arc::new(policy_allowing_loopback()));
+    assert!(relayed(&send_indication(&mut h, c.addr, "127.0.0.2:7000")));
 }
 
 #[test]
@@ -1267,5 +1312,104 @@ fn rest_expiry_beyond_the_longest_mint_is_refused() {
     assert_eq!(
         h.server.stats().auth_failures[AuthFailure::ExpiryTooFar as usize],
         3
+    );
+}
+
+#[test]
+fn relay_bind_failures_answer_by_kind_and_give_the_quota_back() {
+    let mut h = Harness::default();
+    let cases = [
+        (io::ErrorKind::AddrInUse, 508),
+        (io::ErrorKind::OutOfMemory, 508),
+        (io::ErrorKind::AddrNotAvailable, 500),
+        (io::ErrorKind::PermissionDenied, 500),
+    ];
+    for (i, (kind, code)) in cases.into_iter().enumerate() {
+        let mut c = Client::rest(&format!("192.0.2.1:{}", 2000 + i), "alice", 3600);
+        let allocate = |b: &mut MessageBuilder<'_>| {
+            b.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24);
+        };
+        let req = c.request(method::ALLOCATE, allocate, false);
+        let challenge = h.send(c.addr, &req).unwrap();
+        c.nonce = Some(
+            Message::parse(&challenge)
+                .unwrap()
+                .nonce()
+                .unwrap()
+                .unwrap()
+                .to_string(),
+        );
+        let req = c.request(method::ALLOCATE, allocate, true);
+        let unix = h.unix();
+        h.server
+            .handle_client_packet(c.addr, &req, h.now, unix, &mut h.reply);
+        let Some(Command::BindRelay { id, .. }) = h.server.next_command() else {
+            panic!("a bind");
+        };
+        assert_eq!(h.server.quotas.total(), 1);
+        let error = RelayBindError::Io(io::Error::from(kind));
+        assert_eq!(error.is_capacity(), code == 508, "{kind:?}");
+        h.server.relay_bound(id, Err(error), h.now);
+        let Some(Command::SendToClient { to, bytes }) = h.server.next_command() else {
+            panic!("an answer");
+        };
+        assert_eq!(to, c.addr);
+        let msg = Message::parse(&bytes).unwrap();
+        assert_eq!(
+            (msg.class(), error_code(&msg)),
+            (Class::Error, Some(code)),
+            "{kind:?}"
+        );
+        assert!(msg.verify_integrity(&c.key), "signed with the request's key");
+        assert_eq!(h.server.quotas.total(), 0, "{kind:?}");
+        assert_eq!(h.server.state_size(), 0, "{kind:?}");
+    }
+}
+
+#[test]
+fn close_reasons_have_the_words_of_session_history() {
+    let words = [
+        (CloseReason::Deleted, "deleted"),
+        (CloseReason::Expired, "expired"),
+        (CloseReason::Kicked, "kicked"),
+        (CloseReason::Shutdown, "shutdown"),
+    ];
+    for (reason, word) in words {
+        assert_eq!(reason.as_str(), word);
+    }
+    // Debug stays the variant's name (what history rows were written with so far).
+    assert_eq!(format!("{:?}", CloseReason::Kicked), "Kicked");
+}
+
+#[test]
+fn typed_requests_map_their_errors_to_stun_codes() {
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, method::ALLOCATE, Class::Request, &[1; 12]);
+    b.add_u32(attr::REQUESTED_TRANSPORT, 6 << 24);
+    b.finish();
+    let msg = Message::parse(&buf).unwrap();
+    let ClientRequest::Allocate(Err(e)) = ClientRequest::parse(&msg).unwrap() else {
+        panic!("an Allocate with a refused attribute");
+    };
+    assert_eq!((e, e.code()), (RequestError::UnsupportedTransport, 442));
+    assert_eq!(TurnError::from(e).reason(), "Unsupported Transport Protocol");
+
+    let mut buf = Vec::new();
+    MessageBuilder::new(&mut buf, 0x0FF, Class::Request, &[2; 12]).finish();
+    let msg = Message::parse(&buf).unwrap();
+    assert_eq!(ClientRequest::parse(&msg), Err(RequestError::UnsupportedMethod));
+
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, method::CHANNEL_BIND, Class::Request, &[3; 12]);
+    b.add_u32(attr::CHANNEL_NUMBER, 0x4001 << 16)
+        .add_xor_address(attr::XOR_PEER_ADDRESS, &"198.51.100.1:9".parse().unwrap());
+    b.finish();
+    let msg = Message::parse(&buf).unwrap();
+    assert_eq!(
+        ClientRequest::parse(&msg),
+        Ok(ClientRequest::ChannelBind(Ok(ChannelBindRequest {
+            number: 0x4001,
+            peer: "198.51.100.1:9".parse().unwrap(),
+        })))
     );
 }
