@@ -358,7 +358,7 @@ fn channel_data_both_ways_and_lifetime_zero() {
         (r.username.as_str(), r.relay.clone()),
         (u.as_str(), relay.to_string())
     );
-    assert_eq!(r.close_reason.as_deref(), Some("Deleted"));
+    assert_eq!(r.close_reason.as_deref(), Some("deleted"));
     assert_eq!((r.packets_to_peer, r.bytes_to_peer), (100, 400));
     assert_eq!((r.packets_to_client, r.bytes_to_client), (100, 400));
 }

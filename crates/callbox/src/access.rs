@@ -15,8 +15,8 @@ use std::time::Duration;
 use callbox_core::credentials::{LongTermKey, SecretSet};
 use callbox_core::{Cidr, Secret};
 use callbox_store::{Health, Store};
+use callbox_turn::Credentials;
 use callbox_turn::TurnControl;
-use turn_proto::server::Credentials;
 
 /// How often the store is read for changes made elsewhere.
 pub const POLL: Duration = Duration::from_millis(250);

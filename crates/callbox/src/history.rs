@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbox_turn::EventRecord;
-use turn_proto::Event;
+use callbox_turn::AllocationEvent;
 
 /// The store as the roles share it.
 pub type SharedStore = Arc<std::sync::Mutex<callbox_store::Store>>;
@@ -117,55 +116,40 @@ async fn flush<T: Send + 'static>(
     tracing::warn!(error = %failure, lost = n, "{what} history not written");
 }
 
-/// Logs an allocation event and turns it into a history row.
-pub fn allocation_row(r: EventRecord) -> Option<callbox_store::HistoryEvent> {
+/// Logs an allocation event and turns it into a history row (refreshes have none).
+pub fn allocation_row(e: AllocationEvent) -> Option<callbox_store::HistoryEvent> {
     use callbox_store::HistoryEvent;
-    let at = r.unix_time as i64;
-    match r.event {
-        Event::Created {
+    e.log();
+    match e {
+        AllocationEvent::Created {
             id,
             username,
             client,
             relay,
-            lifetime,
-        } => {
-            tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created");
-            Some(HistoryEvent::Created {
-                alloc_id: id.0 as i64,
-                username,
-                client: client.to_string(),
-                relay: relay.to_string(),
-                at,
-            })
-        }
-        Event::Refreshed { id, lifetime } => {
-            tracing::debug!(
-                alloc = id.0,
-                lifetime = lifetime.as_secs(),
-                "allocation refreshed"
-            );
-            None
-        }
-        Event::Closed { id, reason, traffic } => {
-            tracing::info!(
-                alloc = id.0,
-                ?reason,
-                packets_to_peer = traffic.packets_to_peer,
-                bytes_to_peer = traffic.bytes_to_peer,
-                packets_to_client = traffic.packets_to_client,
-                bytes_to_client = traffic.bytes_to_client,
-                "allocation closed"
-            );
-            Some(HistoryEvent::Closed {
-                alloc_id: id.0 as i64,
-                at,
-                reason: format!("{reason:?}"),
-                packets_to_peer: traffic.packets_to_peer as i64,
-                bytes_to_peer: traffic.bytes_to_peer as i64,
-                packets_to_client: traffic.packets_to_client as i64,
-                bytes_to_client: traffic.bytes_to_client as i64,
-            })
-        }
+            at,
+            ..
+        } => Some(HistoryEvent::Created {
+            alloc_id: id.0 as i64,
+            username,
+            client: client.to_string(),
+            relay: relay.to_string(),
+            at: at as i64,
+        }),
+        AllocationEvent::Refreshed { .. } => None,
+        AllocationEvent::Closed {
+            id,
+            reason,
+            traffic,
+            at,
+        } => Some(HistoryEvent::Closed {
+            alloc_id: id.0 as i64,
+            at: at as i64,
+            reason: reason.as_str().to_string(),
+            packets_to_peer: traffic.packets_to_peer as i64,
+            bytes_to_peer: traffic.bytes_to_peer as i64,
+            packets_to_client: traffic.packets_to_client as i64,
+            bytes_to_client: traffic.bytes_to_client as i64,
+        }),
     }
 }
 

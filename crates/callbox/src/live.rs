@@ -1,8 +1,8 @@
 //! The admin role's view of the roles running in this process.
 
 use callbox_admin::{AllocationView, BoxFuture, ChannelView, Live, PeerView, RoomView};
+use callbox_turn::AllocId;
 use callbox_turn::TurnControl;
-use turn_proto::AllocId;
 
 /// The turn and signal roles of this process, where they run.
 pub struct LiveRoles {

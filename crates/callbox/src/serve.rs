@@ -7,49 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use callbox_core::Config;
 use callbox_core::credentials::{LongTermKey, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
 use callbox_core::metrics::MetricsRegistry;
-use callbox_core::{Config, PeerPolicy};
-use callbox_turn::{TurnRole, TurnSettings, UdpListeners};
-use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
+use callbox_turn::{Credentials, TurnRole, TurnSettings, UdpListeners};
 
 use crate::access::{self, Access, Snapshot};
 use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_store, secrets, seed_secrets};
 use crate::history::{HistorySink, HistoryWriter, allocation_row, session_row};
 use crate::role::Role;
 use crate::settings::Loaded;
-
-/// Relay addresses: (bind, advertise) for IPv4 and IPv6.
-fn relay_addresses(config: &Config) -> (RelayIp, Option<RelayIp>) {
-    let t = &config.turn;
-    let detected = || IpAddr::V4(callbox_turn::net::detect_relay_ipv4());
-    let (bind_v4, advertise_v4) = match t.external_ip {
-        Some(ext) if ext.public.is_ipv4() => {
-            let bind = ext.private.or(t.relay_ip).unwrap_or_else(detected);
-            (bind, ext.public)
-        }
-        _ => {
-            let bind = t.relay_ip.unwrap_or_else(detected);
-            (bind, bind)
-        }
-    };
-    let v6 = t.relay_ipv6.map(|ip| {
-        let bind = IpAddr::V6(ip);
-        let advertise = match t.external_ip {
-            Some(ext) if ext.public.is_ipv6() => ext.public,
-            _ => bind,
-        };
-        RelayIp { bind, advertise }
-    });
-    (
-        RelayIp {
-            bind: bind_v4,
-            advertise: advertise_v4,
-        },
-        v6,
-    )
-}
 
 /// `auth.static_users` as long-term keys for the realm.
 fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
@@ -60,44 +28,6 @@ fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
         .iter()
         .map(|u| (u.name.clone(), long_term_key(&u.name, realm, u.password.expose())))
         .collect()
-}
-
-fn peer_policy(
-    config: &Config,
-    relay_v4: &RelayIp,
-    relay_v6: Option<&RelayIp>,
-    listeners: &[SocketAddr],
-) -> PeerPolicy {
-    let t = &config.turn;
-    let mut own: Vec<IpAddr> = vec![relay_v4.bind, relay_v4.advertise];
-    if let Some(v6) = relay_v6 {
-        own.extend([v6.bind, v6.advertise]);
-    }
-    own.extend(listeners.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
-    if let Some(ext) = t.external_ip {
-        own.push(ext.public);
-        own.extend(ext.private);
-    }
-    if listeners.iter().any(|a| a.ip().is_unspecified()) {
-        own.extend(
-            callbox_turn::net::interface_addresses()
-                .into_iter()
-                .map(|(_, ip)| ip),
-        );
-    }
-    own.sort();
-    own.dedup();
-    let mut ports: Vec<(u16, u16)> = listeners.iter().map(|a| (a.port(), a.port())).collect();
-    if let Some(http) = t.http_listen {
-        ports.push((http.port(), http.port()));
-    }
-    ports.push((config.signal.listen.port(), config.signal.listen.port()));
-    let mut relays = vec![relay_v4.bind, relay_v4.advertise];
-    if let Some(v6) = relay_v6 {
-        relays.extend([v6.bind, v6.advertise]);
-    }
-    PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone(), own, ports)
-        .with_relays(relays, (t.relay_port_min, t.relay_port_max))
 }
 
 fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints {
@@ -124,10 +54,13 @@ pub fn credentials(loaded: &Loaded, user: &str, ttl: Option<u64>) -> anyhow::Res
     let ttl = ttl
         .unwrap_or(auth.credential_ttl)
         .clamp(1, auth.max_credential_ttl);
-    let (relay_v4, _) = relay_addresses(&loaded.config);
     let port = loaded.config.turn.listen.first().map_or(3478, |a| a.port());
     let list = ice::build(
-        &endpoints(&loaded.config, relay_v4.advertise, port),
+        &endpoints(
+            &loaded.config,
+            callbox_turn::advertised_ipv4(&loaded.config),
+            port,
+        ),
         &secrets,
         user,
         callbox_core::time::unix_now(),
@@ -143,14 +76,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-}
-
-/// Data path threads: `turn.workers`, or one per core.
-fn turn_workers(config: &Config) -> usize {
-    match config.turn.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
     }
 }
 
@@ -172,20 +97,20 @@ fn http_limits(
 /// A bound turn role, ready to run.
 struct TurnBound {
     role: TurnRole,
-    events: tokio::sync::mpsc::Receiver<callbox_turn::EventRecord>,
+    events: tokio::sync::mpsc::Receiver<callbox_turn::AllocationEvent>,
     http: Option<tokio::net::TcpListener>,
     udp: Vec<SocketAddr>,
-    relay: RelayIp,
+    advertise: IpAddr,
     workers: usize,
 }
 
 async fn bind_turn(
     config: &Config,
     credentials: Credentials,
-    registry: &MetricsRegistry,
+    registry: &Arc<MetricsRegistry>,
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
-    let workers = turn_workers(config);
+    let workers = callbox_turn::workers(config);
     let mut listen = Vec::new();
     for addr in &t.listen {
         match UdpListeners::bind(&[*addr], workers) {
@@ -198,58 +123,22 @@ async fn bind_turn(
         }
     }
     anyhow::ensure!(!listen.is_empty(), "no TURN listener could be bound");
-    let addrs: Vec<SocketAddr> = listen.iter().flat_map(|l| l.local_addrs().to_vec()).collect();
     let udp = UdpListeners::merge(listen);
+    let addrs = udp.local_addrs().to_vec();
     let http = match t.http_listen {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding turn.http_listen {a}"))?,
-        ),
+        Some(a) => Some(bind_tcp("turn.http_listen", a).await?),
         None => None,
     };
-    let (relay_v4, relay_v6) = relay_addresses(config);
-    let policy = peer_policy(config, &relay_v4, relay_v6.as_ref(), &addrs);
-    let settings = TurnSettings {
-        server: ServerConfig {
-            realm: t.realm.clone(),
-            relay_v4: Some(relay_v4),
-            relay_v6,
-            default_lifetime: Duration::from_secs(u64::from(t.default_lifetime)),
-            max_lifetime: Duration::from_secs(u64::from(t.max_lifetime)),
-            max_allocation_age: Duration::from_secs(t.max_allocation_age),
-            nonce_lifetime: Duration::from_secs(u64::from(t.nonce_lifetime)),
-            bandwidth_limit: t.bandwidth_limit,
-            software: t
-                .software
-                .then(|| concat!("callbox ", env!("CARGO_PKG_VERSION")).to_string()),
-            max_credential_expiry: Duration::from_secs(
-                config
-                    .auth
-                    .max_credential_ttl
-                    .saturating_add(config.auth.clock_skew),
-            ),
-            unauthenticated_rate: t.unauthenticated_rate,
-            unauthenticated_burst: t.unauthenticated_burst,
-            ipv6_prefix_len: t.ipv6_prefix_len,
-            ..ServerConfig::default()
-        },
-        workers,
-        port_range: (t.relay_port_min, t.relay_port_max),
-        credentials: Arc::new(ArcSwap::from_pointee(credentials)),
-        policy: Arc::new(ArcSwap::from_pointee(policy)),
-        quotas: Arc::new(Quotas::new(t.total_quota, t.user_quota)),
-        reservation_lifetime: Duration::from_secs(t.reservation_lifetime),
-        max_reservations: t.max_reservations,
-    };
-    let (role, events) =
-        TurnRole::new(settings, udp, rand::random(), registry).context("starting the turn role")?;
+    let settings = TurnSettings::from_config(config, &addrs, credentials);
+    let advertise = settings.advertised_ipv4();
+    let (role, events) = TurnRole::new(settings, udp, rand::random(), Arc::clone(registry))
+        .context("starting the turn role")?;
     Ok(TurnBound {
         role,
         events,
         http,
         udp: addrs,
-        relay: relay_v4,
+        advertise,
         workers,
     })
 }
@@ -260,7 +149,7 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<Stri
     match turn {
         Some(tb) => {
             let port = tb.udp.first().map_or(3478, |a| a.port());
-            let ep = endpoints(config, tb.relay.advertise, port);
+            let ep = endpoints(config, tb.advertise, port);
             (ep.stun_urls(), ep.turn_urls())
         }
         None => (config.signal.stun_urls.clone(), config.signal.turn_urls.clone()),
@@ -417,16 +306,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     let mut running = Running::default();
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
     if let Some(tb) = turn {
-        start_turn(
-            config,
-            tb,
-            &registry,
-            &mut access,
-            &history,
-            &shutdown,
-            &mut running,
-        )
-        .await;
+        start_turn(tb, &mut access, &history, &shutdown, &mut running).await;
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
@@ -496,7 +376,7 @@ fn fit_descriptors(loaded: &mut Loaded, roles: &[Role]) {
             if after != before {
                 tracing::info!(before, after, "raised the open-files limit to the hard limit");
             }
-            let workers = turn_workers(&loaded.config);
+            let workers = callbox_turn::workers(&loaded.config);
             for note in crate::descriptors::fit(&mut loaded.config, after, roles, workers) {
                 tracing::warn!("{note}");
             }
@@ -535,11 +415,9 @@ fn admin_info(
     })
 }
 
-/// Starts the turn role and its HTTP listener (both stop at shutdown) and its history.
+/// Starts the turn role (its HTTP listener stops with it) and its history writer.
 async fn start_turn(
-    config: &Config,
     tb: TurnBound,
-    registry: &Arc<MetricsRegistry>,
     access: &mut Access,
     history: &HistorySink,
     shutdown: &Shutdown,
@@ -560,27 +438,12 @@ async fn start_turn(
     running
         .ready
         .push(("http", tb.http.as_ref().map_or("-".into(), local_addr)));
-    running.ready.push(("relay", tb.relay.advertise.to_string()));
+    running.ready.push(("relay", tb.advertise.to_string()));
     running.ready.push(("workers", tb.workers.to_string()));
-    if let Some(http) = tb.http {
-        let router = callbox_turn::http_router(Arc::clone(registry), tb.role.ready_flag());
-        let t = &config.turn;
-        let limits = callbox_http::ConnectionLimits::new(http_limits(
-            t.http_max_connections,
-            t.http_max_connections,
-            t.ipv6_prefix_len,
-            t.http_header_timeout_ms,
-        ));
-        let metrics = Arc::new(callbox_http::ListenerMetrics::default());
-        running.role(
-            "turn-http",
-            callbox_http::serve(http, router, limits, metrics, shutdown.wait()),
-        );
-    }
     let ready = tb.role.ready_flag();
     let role = tb.role;
-    let stop = shutdown.wait();
-    let run = tokio::spawn(async move { role.run(stop).await.context("turn role") });
+    let (http, stop) = (tb.http, shutdown.wait());
+    let run = tokio::spawn(async move { role.run(http, stop).await.context("turn role") });
     // "ready" is logged once the data path threads run, so /readyz already says 200.
     while !ready.load(std::sync::atomic::Ordering::Relaxed) && !run.is_finished() {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -13,9 +13,11 @@
 //! snapshots are read between batches, and answered on oneshot channels.
 
 pub mod batch;
+mod events;
 pub mod metrics;
 pub mod net;
 pub mod reservations;
+mod settings;
 mod worker;
 
 use std::io;
@@ -32,20 +34,16 @@ use axum::routing::get;
 use callbox_core::metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsRegistry};
 use callbox_core::{Cidr, PeerPolicy};
 use tokio::sync::oneshot;
-use turn_proto::server::{Credentials, Quotas, ServerConfig};
-use turn_proto::{AllocId, AllocationInfo, Event, RelayPorts, Server};
+use turn_proto::server::{Quotas, ServerConfig};
+use turn_proto::{RelayPorts, Server};
 
+pub use events::{AllocId, AllocationEvent, CloseReason, Traffic};
 pub use metrics::Metrics;
 pub use reservations::Reservations;
+pub use settings::{advertised_ipv4, workers};
+pub use turn_proto::server::{AllocationInfo, Credentials};
 pub use worker::Control;
 use worker::{Worker, WorkerHandle, WorkerParts};
-
-/// An allocation event with the wall-clock time it left the data path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    pub unix_time: u64,
-    pub event: Event,
-}
 
 /// Capacity of the event channel; events past it are dropped and counted.
 pub const EVENT_QUEUE: usize = 65_536;
@@ -65,6 +63,8 @@ pub struct TurnSettings {
     /// How long an EVEN-PORT reservation is kept, and how many are held at once.
     pub reservation_lifetime: Duration,
     pub max_reservations: usize,
+    /// Limits of the `/metrics`, `/healthz`, `/readyz` listener.
+    pub http: callbox_http::Limits,
 }
 
 /// The bound UDP listeners: for each address, one socket per worker.
@@ -215,6 +215,8 @@ pub struct TurnRole {
     metrics: Arc<Metrics>,
     control: TurnControl,
     ready: Arc<AtomicBool>,
+    registry: Arc<MetricsRegistry>,
+    http_limits: callbox_http::Limits,
 }
 
 /// A worker built but not yet running (its thread starts in `run`).
@@ -227,17 +229,17 @@ impl std::fmt::Debug for PendingWorker {
 }
 
 impl TurnRole {
-    /// Builds the workers over bound listeners; their counters go into `registry`.
-    /// `nonce_key` must be random.
+    /// Builds the workers over bound listeners; their counters go into `registry`, which
+    /// the role's `/metrics` serves. `nonce_key` must be random.
     pub fn new(
         settings: TurnSettings,
         listeners: UdpListeners,
         nonce_key: [u8; 32],
-        registry: &MetricsRegistry,
-    ) -> io::Result<(TurnRole, tokio::sync::mpsc::Receiver<EventRecord>)> {
+        registry: Arc<MetricsRegistry>,
+    ) -> io::Result<(TurnRole, tokio::sync::mpsc::Receiver<AllocationEvent>)> {
         let n = settings.workers.max(1);
         let metrics = Arc::new(Metrics::new(n, Arc::clone(&settings.quotas)));
-        metrics.register(registry);
+        metrics.register(&registry);
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
@@ -293,6 +295,8 @@ impl TurnRole {
                 metrics,
                 control,
                 ready: Arc::new(AtomicBool::new(false)),
+                registry,
+                http_limits: settings.http,
             },
             events_rx,
         ))
@@ -311,8 +315,28 @@ impl TurnRole {
         Arc::clone(&self.ready)
     }
 
-    /// Runs the workers until `shutdown` resolves or a worker fails.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> io::Result<()> {
+    /// Runs the workers, and `/metrics`, `/healthz` and `/readyz` on `http` when given,
+    /// until `shutdown` resolves or a worker fails; the HTTP listener stops with them.
+    pub async fn run(
+        self,
+        http: Option<tokio::net::TcpListener>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (http_stop, http_stopped) = oneshot::channel::<()>();
+        let http_task = http.map(|listener| {
+            let router = http_router(Arc::clone(&self.registry), Arc::clone(&self.ready));
+            let limits = callbox_http::ConnectionLimits::new(self.http_limits);
+            let metrics = Arc::new(callbox_http::ListenerMetrics::default());
+            tokio::spawn(callbox_http::serve(
+                listener,
+                router,
+                limits,
+                metrics,
+                async move {
+                    let _ = http_stopped.await;
+                },
+            ))
+        });
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut threads = Vec::new();
         for (index, PendingWorker(w)) in self.workers {
@@ -352,7 +376,16 @@ impl TurnRole {
         })
         .await
         .unwrap_or_default();
-        match failure.or_else(|| joined.into_iter().next()) {
+        let _ = http_stop.send(());
+        let http_failure = match http_task {
+            Some(task) => match task.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("HTTP listener: {e}")),
+                Err(e) => Some(format!("HTTP listener: {e}")),
+            },
+            None => None,
+        };
+        match failure.or_else(|| joined.into_iter().next()).or(http_failure) {
             Some(msg) => Err(io::Error::other(msg)),
             None => Ok(()),
         }

@@ -25,7 +25,7 @@ use turn_proto::{AllocId, AllocationInfo, ClientAction, Command, PeerAction, Ser
 
 use crate::batch::{BATCH, RecvBatch, SendBatch};
 use crate::metrics::WorkerSlot;
-use crate::{EventRecord, Metrics, Reservations};
+use crate::{AllocationEvent, Metrics, Reservations};
 
 const WAKER: Token = Token(usize::MAX - 1);
 const RELAY_BASE: usize = 1 << 20;
@@ -96,7 +96,7 @@ pub(crate) struct Worker {
     policy: Arc<ArcSwap<PeerPolicy>>,
     /// The policy snapshot last installed in `server`, likewise.
     policy_seen: Arc<PeerPolicy>,
-    events: tokio::sync::mpsc::Sender<EventRecord>,
+    events: tokio::sync::mpsc::Sender<AllocationEvent>,
     metrics: Arc<Metrics>,
     reservations: Arc<Reservations>,
     counters: DriverCounters,
@@ -144,7 +144,7 @@ pub(crate) struct WorkerParts {
     pub stop: Arc<AtomicBool>,
     pub credentials: Arc<ArcSwap<Credentials>>,
     pub policy: Arc<ArcSwap<PeerPolicy>>,
-    pub events: tokio::sync::mpsc::Sender<EventRecord>,
+    pub events: tokio::sync::mpsc::Sender<AllocationEvent>,
     pub metrics: Arc<Metrics>,
     pub reservations: Arc<Reservations>,
 }
@@ -286,10 +286,7 @@ impl Worker {
 
     fn forward_events(&mut self) {
         while let Some(event) = self.server.next_event() {
-            let record = EventRecord {
-                unix_time: callbox_core::time::unix_now(),
-                event,
-            };
+            let record = AllocationEvent::new(event, callbox_core::time::unix_now());
             // Never wait for the consumer: a full channel costs the event, not the relay.
             if self.events.try_send(record).is_err() {
                 self.metrics.event_drops.fetch_add(1, Ordering::Relaxed);

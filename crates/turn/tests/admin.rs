@@ -9,11 +9,11 @@ use arc_swap::ArcSwap;
 use callbox_core::credentials::long_term_key;
 use callbox_core::metrics::MetricsRegistry;
 use callbox_core::{Cidr, PeerPolicy};
-use callbox_turn::{EventRecord, TurnControl, TurnRole, TurnSettings, UdpListeners};
+use callbox_turn::{AllocationEvent, TurnControl, TurnRole, TurnSettings, UdpListeners};
 use test_support::turn_client::TurnClient;
 use turn_proto::server::{CloseReason, Credentials, Quotas, RelayIp, Traffic};
 use turn_proto::stun::{Class, attr};
-use turn_proto::{AllocId, Event, ServerConfig};
+use turn_proto::{AllocId, ServerConfig};
 
 const REALM: &str = "callbox";
 const PORTS: (u16, u16) = (20_000, 30_000);
@@ -31,7 +31,7 @@ fn credentials(banned: &[&str]) -> Credentials {
 struct Relay {
     addr: SocketAddr,
     control: TurnControl,
-    events: tokio::sync::mpsc::Receiver<EventRecord>,
+    events: tokio::sync::mpsc::Receiver<AllocationEvent>,
     metrics: Arc<callbox_turn::Metrics>,
     stop: tokio::sync::oneshot::Sender<()>,
     run: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -62,12 +62,19 @@ fn start() -> Relay {
         quotas: Arc::new(Quotas::new(100, 10)),
         reservation_lifetime: turn_proto::server::RESERVATION_LIFETIME,
         max_reservations: 1024,
+        http: callbox_http::Limits {
+            max_connections: 8,
+            max_per_address: 8,
+            ipv6_prefix: 64,
+            header_timeout: Duration::from_secs(5),
+        },
     };
-    let (role, events) = TurnRole::new(settings, listeners, [7; 32], &MetricsRegistry::new()).unwrap();
+    let (role, events) =
+        TurnRole::new(settings, listeners, [7; 32], Arc::new(MetricsRegistry::new())).unwrap();
     let control = role.control();
     let metrics = role.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(role.run(async {
+    let run = tokio::spawn(role.run(None, async {
         let _ = stopped.await;
     }));
     Relay {
@@ -93,7 +100,7 @@ impl Relay {
                 .await
                 .expect("an event in time")
                 .expect("the channel is open");
-            if let Event::Closed { id, reason, .. } = record.event {
+            if let AllocationEvent::Closed { id, reason, .. } = record {
                 return (id, reason);
             }
         }
