@@ -10,6 +10,9 @@ use sha2::Sha256;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: u64 = 30;
 
+/// Longest token read; longer ones are refused as malformed before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -35,7 +38,7 @@ fn b64(s: &str) -> Result<Vec<u8>, JwtError> {
 
 /// Verifies `token` with `secret` at `now` (unix seconds) and returns its claims.
 pub fn verify_hs256(token: &str, secret: &[u8], now: u64) -> Result<Map<String, Value>, JwtError> {
-    if token.len() > 8192 {
+    if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
