@@ -11,6 +11,7 @@ pub mod http1;
 pub mod ice;
 pub mod jwt;
 pub mod limit_key;
+pub mod names;
 pub mod policy;
 pub mod secret;
 pub mod time;
