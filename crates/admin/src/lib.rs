@@ -35,7 +35,7 @@ use callbox_store::{Health, Store};
 use lockout::Lockout;
 use sha2::{Digest, Sha256};
 
-pub use api::{AllocationView, ChannelView, PeerView, RoomView};
+pub use api::{AllocationView, ChannelView, NewApiKey, NewBan, NewUser, PeerView, RotateSecret, RoomView, ValidBan};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
 /// A boxed future, so [`Live`] stays object safe.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use callbox_core::time::UnixSecs;
 use serde_json::{Value, json};
 
 use crate::serve::{STORE_FILE, TOKEN_FILE};
@@ -176,9 +177,9 @@ pub enum BansCmd {
 pub struct HistoryFilter {
     /// Unix seconds.
     #[arg(long)]
-    from: Option<i64>,
+    from: Option<UnixSecs>,
     #[arg(long)]
-    to: Option<i64>,
+    to: Option<UnixSecs>,
     #[arg(long)]
     limit: Option<u32>,
     #[arg(long)]

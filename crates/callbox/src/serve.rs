@@ -14,7 +14,7 @@ use callbox_turn::{EventRecord, TurnRole, TurnSettings, UdpListeners};
 use turn_proto::Event;
 use turn_proto::server::{Credentials, Quotas, RelayIp, ServerConfig};
 
-use crate::access::{self, Access, Snapshot};
+use crate::access::{Access, Snapshot};
 use crate::settings::Loaded;
 use crate::state;
 
@@ -37,11 +37,11 @@ fn file_secret(loaded: &Loaded) -> anyhow::Result<SecretSet> {
 /// store created before secrets lived there), so rotation through admin starts from the
 /// secret already in use.
 fn seed_secrets(loaded: &Loaded, store: &mut callbox_store::Store) -> anyhow::Result<()> {
-    if config_secrets(loaded).is_some() || !store.active_secrets(access::unix_now())?.is_empty() {
+    if config_secrets(loaded).is_some() || !store.active_secrets(callbox_core::time::unix_now())?.is_empty() {
         return Ok(());
     }
     let secret = state::shared_secret(&loaded.state_dir)?;
-    store.rotate_secret(secret.expose(), 0, access::unix_now(), "bootstrap")?;
+    store.rotate_secret(secret.expose(), 0, callbox_core::time::unix_now(), "bootstrap")?;
     tracing::info!("TURN secret moved into the store (rotate it with `callbox admin secrets rotate`)");
     Ok(())
 }
@@ -55,7 +55,7 @@ fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
     let path = loaded.state_dir.join(STORE_FILE);
     if path.exists()
         && let Ok(store) = callbox_store::Store::open(&path)
-        && let Ok(list) = store.active_secrets(access::unix_now())
+        && let Ok(list) = store.active_secrets(callbox_core::time::unix_now())
         && let Some(set) = SecretSet::new(list.into_iter().map(|s| Secret::new(s.secret)).collect())
     {
         return Ok(set);
@@ -261,7 +261,7 @@ async fn flush<T: Send + 'static>(
 /// Logs an allocation event and turns it into a history row.
 fn allocation_row(r: EventRecord) -> Option<callbox_store::HistoryEvent> {
     use callbox_store::HistoryEvent;
-    let at = r.unix_time as i64;
+    let at = r.unix_time;
     match r.event {
         Event::Created {
             id,
@@ -315,8 +315,8 @@ fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::Sessio
         room: r.room,
         peer_id: r.peer_id,
         client: r.addr.to_string(),
-        started_at: r.joined_unix as i64,
-        ended_at: r.left_unix as i64,
+        started_at: r.joined_unix,
+        ended_at: r.left_unix,
         close_reason: r.reason.to_string(),
         messages_in: r.messages_in as i64,
         messages_out: r.messages_out as i64,
@@ -481,7 +481,7 @@ pub fn write_new_token(
     // The digest is stored first: a crash before the file is written leaves the old file
     // (no longer valid) and the way in is another rotation; never a working token that
     // the store does not know.
-    store.set_admin_token(callbox_admin::token_digest(&token), access::unix_now(), actor)?;
+    store.set_admin_token(callbox_admin::token_digest(&token), callbox_core::time::unix_now(), actor)?;
     state::write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(path)
 }
@@ -555,7 +555,7 @@ pub async fn serve(loaded: Loaded, roles: Vec<String>) -> anyhow::Result<()> {
         Some(st) => Snapshot::read(
             &st.lock().unwrap_or_else(|e| e.into_inner()),
             &realm,
-            access::unix_now(),
+            callbox_core::time::unix_now(),
         )
         .context("reading the store")?,
         None => Snapshot::default(),
