@@ -424,13 +424,6 @@ fn jwt_identity(cfg: &SignalConfig, token: Option<&str>) -> Result<Identity, Ref
     Ok(Identity { user, meta, rooms })
 }
 
-fn valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 /// What an admitted WebSocket request asked for.
 struct Admission {
     room: String,
@@ -461,11 +454,11 @@ fn admit(
     }
     app.refuse_banned(addr).map_err(refuse)?;
     let room = q.get("room").map(String::as_str).unwrap_or("");
-    if !valid_room(room) {
+    if !callbox_core::names::RoomId::is_valid(room) {
         return Err(refuse(Refusal::new(
             400,
             "bad-room",
-            "room must match ^[A-Za-z0-9_.:-]{1,64}$",
+            format!("room must match {}", callbox_core::names::RoomId::pattern()),
         )));
     }
     let origin = origin_allowed(&app.cfg, headers)
