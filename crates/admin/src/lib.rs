@@ -35,7 +35,10 @@ use callbox_store::{Health, Store};
 use lockout::Lockout;
 use sha2::{Digest, Sha256};
 
-pub use api::{AllocationView, ChannelView, NewApiKey, NewBan, NewUser, PeerView, RotateSecret, RoomView, ValidBan};
+pub use api::{
+    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, PeerView, RoomView, RotateSecret,
+    ValidBan,
+};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
 /// A boxed future, so [`Live`] stays object safe.

@@ -42,7 +42,7 @@ type AppState = State<Arc<AdminState>>;
 /// Actor recorded in the audit log for API changes.
 const ACTOR: &str = "admin-api";
 /// Longest overlap, ban or expiry accepted: ten years, in seconds.
-const MAX_SPAN: u64 = 10 * 366 * 86_400;
+pub const MAX_SPAN: u64 = 10 * 366 * 86_400;
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
