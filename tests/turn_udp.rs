@@ -348,7 +348,7 @@ fn channel_data_both_ways_and_lifetime_zero() {
     for _ in 0..40 {
         std::thread::sleep(Duration::from_millis(100));
         let store = callbox_store::Store::open(&db).unwrap();
-        rows = store.allocation_history(0, i64::MAX, 10).unwrap();
+        rows = store.allocation_history(0, u64::MAX, 10).unwrap();
         if rows.first().is_some_and(|r| r.ended_at.is_some()) {
             break;
         }

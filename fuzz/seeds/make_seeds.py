@@ -99,6 +99,14 @@ put("config_toml", "overrides", "turn.user_quota=4\nturn.realm=example.com\nauth
 put("config_toml", "array_of_tables", "[[auth.static_users]]\nname = \"alice\"\npassword = \"x\"\n")
 put("config_toml", "bad_key", "[turn]\nrealm = \"x\"\nuser_qota = 3\n")
 
+put("admin_body", "user", '{"name":"bob","password":"hunter2"}')
+put("admin_body", "user_rest_form", '{"name":"1:x","password":"p"}')
+put("admin_body", "api_key", '{"name":"janus@example.com"}')
+put("admin_body", "ban", '{"network":"192.0.2.0/24","reason":"abuse","expires_in_seconds":3600}')
+put("admin_body", "ban_host_bits", '{"network":"10.0.0.1/8"}')
+put("admin_body", "secret", '{"secret":"0123456789abcdef","overlap_seconds":600}')
+put("admin_body", "room", '"room-1:a.b_c"')
+
 # turn_server: config byte, then records (ctrl, aux, len u16 BE, body).
 ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND = 0x0003, 0x0004, 0x0008, 0x0009
 SEND_INDICATION = 0x0016

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use callbox_core::names::FieldError;
 use callbox_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -66,6 +67,13 @@ impl ApiError {
             "role-not-running",
             format!("the {role} role does not run in this process"),
         )
+    }
+}
+
+/// A value that breaks its field's rules: 400 `invalid`, the message naming the field.
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::bad_request("invalid", e.to_string())
     }
 }
 

@@ -40,7 +40,10 @@ use lockout::Lockout;
 use prometheus_client::collector::Collector;
 use sha2::{Digest, Sha256};
 
-pub use api::{AllocationView, ChannelView, PeerView, RoomView};
+pub use api::{
+    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, PeerView, RoomView, RotateSecret,
+    ValidBan,
+};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use role::AdminRole;
 

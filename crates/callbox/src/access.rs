@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callbox_core::credentials::{LongTermKey, SecretSet};
+use callbox_core::time::{UnixSecs, unix_now};
 use callbox_core::{Cidr, Secret};
-use callbox_store::{Health, Store};
+use callbox_store::{Health, Store, UserKey};
 use callbox_turn::Credentials;
 use callbox_turn::TurnControl;
 
@@ -27,15 +28,20 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct Snapshot {
     /// Active secrets, the signing one first.
     pub secrets: Vec<String>,
-    pub users: Vec<(String, [u8; 16])>,
+    pub users: Vec<UserKey>,
+    /// (SHA-256 of the key, name), sorted so two reads of the same keys compare equal.
     pub api_keys: Vec<([u8; 32], String)>,
     /// (ban id, network), by id.
     pub bans: Vec<(i64, Cidr)>,
 }
 
 impl Snapshot {
-    pub fn read(store: &Store, realm: &str, now: i64) -> callbox_store::Result<Snapshot> {
-        let mut api_keys = store.api_key_digests()?;
+    pub fn read(store: &Store, realm: &str, now: UnixSecs) -> callbox_store::Result<Snapshot> {
+        let mut api_keys: Vec<_> = store
+            .api_key_digests()?
+            .into_iter()
+            .map(|k| (k.sha256, k.name))
+            .collect();
         api_keys.sort();
         Ok(Snapshot {
             secrets: store.active_secrets(now)?.into_iter().map(|s| s.secret).collect(),
@@ -87,9 +93,9 @@ impl Access {
     /// The relay's credentials for a snapshot.
     pub fn credentials(&self, snap: &Snapshot, secrets: SecretSet) -> Credentials {
         let mut static_users = self.config_users.clone();
-        for (name, key) in &snap.users {
+        for u in &snap.users {
             // A user in the configuration file wins over one of the same name in the store.
-            static_users.entry(name.clone()).or_insert(*key);
+            static_users.entry(u.name.clone()).or_insert(u.long_term_key);
         }
         Credentials {
             secrets: Some(secrets),
@@ -116,10 +122,10 @@ impl Access {
         let removed_users: Vec<&String> = prev
             .users
             .iter()
-            .filter(|(name, _)| {
-                !snap.users.iter().any(|(n, _)| n == name) && !self.config_users.contains_key(name)
+            .map(|u| &u.name)
+            .filter(|name| {
+                !snap.users.iter().any(|u| &u.name == *name) && !self.config_users.contains_key(*name)
             })
-            .map(|(name, _)| name)
             .collect();
         if let Some(turn) = &self.turn {
             // Credentials (with the bans, without removed users) first, then the kicks: the
@@ -183,7 +189,7 @@ impl Access {
         if self.retention_days == 0 {
             return;
         }
-        let before = unix_now() - (self.retention_days * 86_400) as i64;
+        let before = unix_now().saturating_sub(self.retention_days.saturating_mul(86_400));
         let r = tokio::task::spawn_blocking(move || {
             store
                 .lock()
@@ -222,10 +228,4 @@ impl Access {
             }
         }
     }
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

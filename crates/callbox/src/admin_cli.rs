@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use callbox_core::time::UnixSecs;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -176,9 +177,9 @@ pub enum BansCmd {
 pub struct HistoryFilter {
     /// Unix seconds.
     #[arg(long)]
-    from: Option<i64>,
+    from: Option<UnixSecs>,
     #[arg(long)]
-    to: Option<i64>,
+    to: Option<UnixSecs>,
     #[arg(long)]
     limit: Option<u32>,
     #[arg(long)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use callbox_core::{Secret, SecretSet};
 
-use crate::access;
 use crate::history::SharedStore;
 use crate::settings::Loaded;
 use crate::state;
@@ -34,7 +33,7 @@ pub fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
     let path = loaded.state_dir.join(STORE_FILE);
     if path.exists()
         && let Ok(store) = callbox_store::Store::open(&path)
-        && let Ok(list) = store.active_secrets(access::unix_now())
+        && let Ok(list) = store.active_secrets(callbox_core::time::unix_now())
         && let Some(set) = SecretSet::new(list.into_iter().map(|s| Secret::new(s.secret)).collect())
     {
         return Ok(set);
@@ -46,11 +45,11 @@ pub fn secrets(loaded: &Loaded) -> anyhow::Result<SecretSet> {
 /// store created before secrets lived there), so rotation through admin starts from the
 /// secret already in use.
 pub fn seed_secrets(loaded: &Loaded, store: &mut callbox_store::Store) -> anyhow::Result<()> {
-    if config_secrets(loaded).is_some() || !store.active_secrets(access::unix_now())?.is_empty() {
+    if config_secrets(loaded).is_some() || !store.active_secrets(callbox_core::time::unix_now())?.is_empty() {
         return Ok(());
     }
     let secret = state::shared_secret(&loaded.state_dir)?;
-    store.rotate_secret(secret.expose(), 0, access::unix_now(), "bootstrap")?;
+    store.rotate_secret(secret.expose(), 0, callbox_core::time::unix_now(), "bootstrap")?;
     tracing::info!("TURN secret moved into the store (rotate it with `callbox admin secrets rotate`)");
     Ok(())
 }
@@ -88,7 +87,11 @@ pub fn write_new_token(
     // The digest is stored first: a crash before the file is written leaves the old file
     // (no longer valid) and the way in is another rotation; never a working token that
     // the store does not know.
-    store.set_admin_token(callbox_admin::token_digest(&token), access::unix_now(), actor)?;
+    store.set_admin_token(
+        callbox_admin::token_digest(&token),
+        callbox_core::time::unix_now(),
+        actor,
+    )?;
     state::write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(path)
 }

@@ -133,7 +133,7 @@ pub fn allocation_row(e: AllocationEvent) -> Option<callbox_store::HistoryEvent>
             username,
             client: client.to_string(),
             relay: relay.to_string(),
-            at: at as i64,
+            at,
         }),
         AllocationEvent::Refreshed { .. } => None,
         AllocationEvent::Closed {
@@ -143,7 +143,7 @@ pub fn allocation_row(e: AllocationEvent) -> Option<callbox_store::HistoryEvent>
             at,
         } => Some(HistoryEvent::Closed {
             alloc_id: id.0 as i64,
-            at: at as i64,
+            at,
             reason: reason.as_str().to_string(),
             packets_to_peer: traffic.packets_to_peer as i64,
             bytes_to_peer: traffic.bytes_to_peer as i64,
@@ -158,8 +158,8 @@ pub fn session_row(r: callbox_signal::SessionRecord) -> Option<callbox_store::Se
         room: r.room,
         peer_id: r.peer_id,
         client: r.addr.to_string(),
-        started_at: r.joined_unix as i64,
-        ended_at: r.left_unix as i64,
+        started_at: r.joined_unix,
+        ended_at: r.left_unix,
         close_reason: r.reason.as_str().to_string(),
         messages_in: r.messages_in as i64,
         messages_out: r.messages_out as i64,

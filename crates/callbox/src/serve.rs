@@ -13,7 +13,7 @@ use callbox_core::ice::{self, TurnEndpoints};
 use callbox_core::metrics::MetricsRegistry;
 use callbox_turn::{Credentials, TurnRole, TurnSettings, UdpListeners};
 
-use crate::access::{self, Access, Snapshot};
+use crate::access::{Access, Snapshot};
 use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_store, secrets, seed_secrets};
 use crate::history::{HistorySink, HistoryWriter, allocation_row, session_row};
 use crate::role::Role;
@@ -256,7 +256,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         Some(st) => Snapshot::read(
             &st.lock().unwrap_or_else(|e| e.into_inner()),
             &realm,
-            access::unix_now(),
+            callbox_core::time::unix_now(),
         )
         .context("reading the store")?,
         None => Snapshot::default(),

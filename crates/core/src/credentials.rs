@@ -70,10 +70,9 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> LongTermKey
 
 /// True when `id` is a user id PROTOCOL.md accepts: 1-64 of `A-Za-z0-9_.@-`.
 pub fn valid_user_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+    // An API key's name becomes the user id of the credentials minted with it, so the two
+    // share one rule (and one set of limits).
+    crate::names::ApiKeyName::is_valid(id)
 }
 
 /// The active shared secrets, newest first: the newest signs, every one verifies, so a

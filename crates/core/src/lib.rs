@@ -12,6 +12,7 @@ pub mod ice;
 pub mod jwt;
 pub mod limit_key;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod secret;
 pub mod time;

@@ -39,13 +39,6 @@ pub(crate) fn origin_allowed(cfg: &SignalConfig, headers: &HeaderMap) -> Result<
     Err(())
 }
 
-pub(crate) fn valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 /// What an admitted WebSocket request asked for.
 pub(crate) struct Admission {
     pub(crate) room: String,
@@ -74,10 +67,10 @@ pub(crate) fn admit(
     }
     app.refuse_banned(addr).map_err(refuse)?;
     let room = q.get("room").map(String::as_str).unwrap_or("");
-    if !valid_room(room) {
+    if !callbox_core::names::RoomId::is_valid(room) {
         return Err(refuse(Refusal::new(
             RefusalCode::BadRoom,
-            "room must match ^[A-Za-z0-9_.:-]{1,64}$",
+            format!("room must match {}", callbox_core::names::RoomId::pattern()),
         )));
     }
     origin_allowed(&app.cfg, headers)

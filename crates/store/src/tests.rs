@@ -1,4 +1,18 @@
 use super::*;
+use callbox_core::names::{ApiKeyName, BanReason, UserName};
+use callbox_core::policy::Cidr;
+
+fn user(name: &str) -> UserName {
+    UserName::parse(name).unwrap()
+}
+
+fn key_name(name: &str) -> ApiKeyName {
+    ApiKeyName::parse(name).unwrap()
+}
+
+fn reason(text: &str) -> BanReason {
+    BanReason::parse(text).unwrap()
+}
 
 #[test]
 fn migrates_fresh_and_reopens() {
@@ -51,19 +65,17 @@ fn secret_rotation_with_overlap() {
 #[test]
 fn users_keep_only_the_long_term_key() {
     let s = Store::in_memory().unwrap();
-    s.add_user("bob", "callbox", "hunter2", 1, "test").unwrap();
+    s.add_user(&user("bob"), "callbox", "hunter2", 1, "test").unwrap();
     assert!(matches!(
-        s.add_user("bob", "callbox", "x", 1, "test"),
+        s.add_user(&user("bob"), "callbox", "x", 1, "test"),
         Err(StoreError::Exists(_))
     ));
-    assert!(matches!(
-        s.add_user("123:x", "callbox", "x", 1, "test"),
-        Err(StoreError::Invalid(_))
-    ));
+    // A REST-form name cannot reach the store: the name's type refuses it.
+    assert!(UserName::parse("123:x").is_err());
     let users = s.users("callbox").unwrap();
-    assert_eq!(users[0].0, "bob");
+    assert_eq!(users[0].name, "bob");
     assert_eq!(
-        users[0].1,
+        users[0].long_term_key,
         callbox_core::credentials::long_term_key("bob", "callbox", "hunter2")
     );
     let dump: Vec<String> = s
@@ -85,18 +97,21 @@ fn users_keep_only_the_long_term_key() {
 #[test]
 fn api_keys_are_hashed() {
     let s = Store::in_memory().unwrap();
-    s.add_api_key("janus", "k-0123456789abcdef", 1, "test").unwrap();
+    s.add_api_key(&key_name("janus"), "k-0123456789abcdef", 1, "test")
+        .unwrap();
     assert_eq!(
         s.api_key_name("k-0123456789abcdef").unwrap().as_deref(),
         Some("janus")
     );
     assert_eq!(s.api_key_name("k-0123456789abcdeX").unwrap(), None);
     assert!(matches!(
-        s.add_api_key("janus", "k-other-0123456789", 1, "t"),
+        s.add_api_key(&key_name("janus"), "k-other-0123456789", 1, "t"),
         Err(StoreError::Exists(_))
     ));
+    // A bad name cannot reach the store: the name's type refuses it.
+    assert!(ApiKeyName::parse("bad name").is_err());
     assert!(matches!(
-        s.add_api_key("bad name", "k-0123456789abcdef0", 1, "t"),
+        s.add_api_key(&key_name("short"), "k-0123", 1, "t"),
         Err(StoreError::Invalid(_))
     ));
     let stored: Vec<u8> = s
@@ -112,8 +127,8 @@ fn api_keys_are_hashed() {
 fn bans_with_expiry() {
     let s = Store::in_memory().unwrap();
     let net: Cidr = "198.51.100.0/24".parse().unwrap();
-    let id = s.add_ban(&net, "abuse", Some(1000), 10, "test").unwrap();
-    s.add_ban(&"203.0.113.7".parse().unwrap(), "", None, 10, "test")
+    let id = s.add_ban(&net, &reason("abuse"), Some(1000), 10, "test").unwrap();
+    s.add_ban(&"203.0.113.7".parse().unwrap(), &reason(""), None, 10, "test")
         .unwrap();
     let bans = s.active_bans(500).unwrap();
     assert_eq!(bans.len(), 2);
@@ -131,8 +146,13 @@ fn online_backup_while_writing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("live.db")).unwrap();
     for i in 0..200 {
-        s.add_api_key(&format!("key{i}"), &format!("k-0123456789abcdef-{i}"), i, "test")
-            .unwrap();
+        s.add_api_key(
+            &key_name(&format!("key{i}")),
+            &format!("k-0123456789abcdef-{i}"),
+            i,
+            "test",
+        )
+        .unwrap();
     }
     let dest = dir.path().join("backup.db");
     s.backup(&dest).unwrap();
@@ -204,6 +224,8 @@ fn fill_schema(path: &std::path::Path, version: usize) {
             "INSERT INTO session_history (room, peer_id, client, started_at, ended_at, close_reason) VALUES ('r', 'p', '192.0.2.1', 10, 20, 'left');
              INSERT INTO admin_token (id, token_sha256, created_at) VALUES (1, zeroblob(32), 10);"
         }
+        // 3 rewrote close reasons; nothing new to hold.
+        3 => "",
         v => panic!("add the rows schema version {v} holds to fill_schema"),
     };
     Store::execute_raw(path, sql).unwrap();
@@ -230,8 +252,8 @@ fn migrates_a_database_made_by_every_earlier_schema() {
             s.active_secrets(20).unwrap()[0].secret,
             "secret-from-v1-0123456789"
         );
-        assert_eq!(s.user_list().unwrap()[0].0, "v1user");
-        assert_eq!(s.api_key_list().unwrap()[0].1, "v1key");
+        assert_eq!(s.user_list().unwrap()[0].name, "v1user");
+        assert_eq!(s.api_key_list().unwrap()[0].name, "v1key");
         assert_eq!(s.active_bans(20).unwrap()[0].reason, "v1");
         assert_eq!(s.allocation_history(0, 100, 10).unwrap()[0].alloc_id, 7);
         assert_eq!(s.audit_log(10).unwrap().last().unwrap().actor, "v1");
@@ -255,7 +277,7 @@ fn fill_schema_covers(versions: usize) {
 #[test]
 fn sessions_history_pages_and_filters() {
     let mut s = Store::in_memory().unwrap();
-    let rec = |room: &str, at: i64| SessionRecord {
+    let rec = |room: &str, at: UnixSecs| SessionRecord {
         room: room.into(),
         peer_id: format!("p-{at}"),
         client: "192.0.2.1".into(),
@@ -323,10 +345,12 @@ fn secrets_overview_never_shows_values() {
 #[test]
 fn api_key_digests_and_admin_token() {
     let s = Store::in_memory().unwrap();
-    s.add_api_key("svc", "0123456789abcdef-key", 1, "t").unwrap();
+    s.add_api_key(&key_name("svc"), "0123456789abcdef-key", 1, "t")
+        .unwrap();
     let d = s.api_key_digests().unwrap();
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].0.to_vec(), sha256(b"0123456789abcdef-key"));
+    assert_eq!(d[0].sha256.to_vec(), sha256(b"0123456789abcdef-key"));
+    assert_eq!(d[0].name, "svc");
     assert_eq!(s.admin_token().unwrap(), None);
     s.set_admin_token([7; 32], 1, "t").unwrap();
     s.set_admin_token([8; 32], 2, "t").unwrap();
@@ -337,9 +361,84 @@ fn api_key_digests_and_admin_token() {
 #[test]
 fn a_failed_change_leaves_no_audit_entry() {
     let s = Store::in_memory().unwrap();
-    s.add_user("bob", "callbox", "pw", 1, "t").unwrap();
+    s.add_user(&user("bob"), "callbox", "pw", 1, "t").unwrap();
     let before = s.audit_log(100).unwrap().len();
-    assert!(s.add_user("bob", "callbox", "pw", 2, "t").is_err());
+    assert!(s.add_user(&user("bob"), "callbox", "pw", 2, "t").is_err());
     assert!(s.remove_user("nobody", 2, "t").is_err());
     assert_eq!(s.audit_log(100).unwrap().len(), before);
+}
+
+#[test]
+fn migration_3_lower_cases_allocation_close_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callbox.db");
+    Store::create_at_version(&path, 2).unwrap();
+    // What releases at schema 2 wrote: the relay's Debug names.
+    let mut sql = String::new();
+    for (id, reason) in [
+        (1, "'Deleted'"),
+        (2, "'Expired'"),
+        (3, "'Kicked'"),
+        (4, "'Shutdown'"),
+        (5, "NULL"),
+        (6, "'other'"),
+    ] {
+        sql.push_str(&format!(
+            "INSERT INTO allocation_history (alloc_id, username, client, relay, started_at, ended_at, close_reason)
+             VALUES ({id}, 'u', '192.0.2.1:1', '198.51.100.1:2', {id}, 100, {reason});"
+        ));
+    }
+    Store::execute_raw(&path, &sql).unwrap();
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    let mut rows = s.allocation_history(0, UnixSecs::MAX, 10).unwrap();
+    rows.sort_by_key(|r| r.alloc_id);
+    let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.close_reason.as_deref()).collect();
+    assert_eq!(
+        reasons,
+        [
+            Some("deleted"),
+            Some("expired"),
+            Some("kicked"),
+            Some("shutdown"),
+            None,
+            Some("other")
+        ]
+    );
+}
+
+#[test]
+fn rows_that_do_not_parse_are_left_out_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callbox.db");
+    drop(Store::open(&path).unwrap());
+    Store::execute_raw(
+        &path,
+        "INSERT INTO bans (network, reason, created_at) VALUES ('192.0.2.0/24', 'good', 10);
+         INSERT INTO bans (network, reason, created_at) VALUES ('not a network', 'bad', 10);
+         INSERT INTO bans (network, reason, created_at) VALUES ('198.51.100.0/24', 'before 1970', -5);",
+    )
+    .unwrap();
+    let s = Store::open(&path).unwrap();
+    let bans = s.active_bans(20).unwrap();
+    assert_eq!(
+        bans.iter().map(|b| b.reason.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+}
+
+#[test]
+fn time_bounds_past_i64_mean_no_end() {
+    let mut s = Store::in_memory().unwrap();
+    s.record_history(&[HistoryEvent::Created {
+        alloc_id: 1,
+        username: "u".into(),
+        client: "192.0.2.1:1".into(),
+        relay: "198.51.100.1:2".into(),
+        at: 10,
+    }])
+    .unwrap();
+    assert_eq!(s.allocation_history(0, UnixSecs::MAX, 10).unwrap().len(), 1);
+    assert!(s.active_secrets(UnixSecs::MAX).unwrap().is_empty());
+    assert_eq!(s.prune_history(UnixSecs::MAX).unwrap(), 1);
 }
