@@ -3,7 +3,7 @@
 //! pings, pushes fresh ICE servers, and reports how it ended.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ pub struct ConnOutbox {
     queued: AtomicUsize,
     limit: usize,
     close: Mutex<Option<(CloseCode, String)>>,
+    /// Set by the first close request: the hub may ask again (more messages overflow the
+    /// buffer) until the connection has reported its end, and only the first one counts.
+    close_requested: AtomicBool,
     notify: Notify,
     metrics: Arc<SignalMetrics>,
 }
@@ -44,6 +47,7 @@ impl ConnOutbox {
                 queued: AtomicUsize::new(0),
                 limit,
                 close: Mutex::new(None),
+                close_requested: AtomicBool::new(false),
                 notify: Notify::new(),
                 metrics,
             }),
@@ -70,15 +74,15 @@ impl Outbox for ConnOutbox {
     }
 
     fn close(&self, code: CloseCode, reason: &str) {
-        let mut c = self.close.lock().unwrap_or_else(|e| e.into_inner());
-        if c.is_none() {
-            if code == CloseCode::TooSlow {
-                self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
-                self.metrics.reject("slow-reader");
-            }
-            *c = Some((code, reason.to_string()));
-            self.notify.notify_one();
+        if self.close_requested.swap(true, Ordering::AcqRel) {
+            return;
         }
+        if code == CloseCode::TooSlow {
+            self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
+            self.metrics.reject("slow-reader");
+        }
+        *self.close.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, reason.to_string()));
+        self.notify.notify_one();
     }
 }
 
@@ -300,6 +304,20 @@ mod tests {
             Message::Close(Some(f)) => f.code,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_slow_reader_is_closed_and_counted_once() {
+        let metrics = Arc::new(SignalMetrics::default());
+        let (outbox, _rx) = ConnOutbox::new(8, Arc::clone(&metrics));
+        outbox.close(CloseCode::TooSlow, "too slow to read");
+        // The connection takes the request, and more messages overflow before it reports.
+        assert_eq!(outbox.take_close().map(|(c, _)| c), Some(CloseCode::TooSlow));
+        outbox.close(CloseCode::TooSlow, "too slow to read");
+        outbox.close(CloseCode::Kicked, "kicked by admin");
+        assert_eq!(outbox.take_close(), None);
+        assert_eq!(metrics.queue_drops.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.rejects("slow-reader"), 1);
     }
 
     #[tokio::test]
