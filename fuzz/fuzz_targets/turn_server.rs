@@ -229,7 +229,7 @@ impl Harness {
                     }
                 }
                 Command::CloseRelay { .. } => {}
-                Command::SendToClient { to, bytes } => {
+                Command::SendToClient { to, bytes, .. } => {
                     assert!(self.clients.contains(&to), "queued reply to {to}");
                     let m = Message::parse(&bytes).expect("a queued reply parses");
                     assert!(matches!(m.class(), Class::Success | Class::Error));
@@ -409,7 +409,7 @@ impl Harness {
         trace!("peer {from} sent {} bytes to {id:?}: {action:?}", payload.len());
         match action {
             PeerAction::Drop => {}
-            PeerAction::ToClient { client, start, end } => {
+            PeerAction::ToClient { client, start, end, .. } => {
                 assert_eq!(self.live.get(&id), Some(&client));
                 assert!(start <= end && end <= buf.len());
                 let out = &buf[start..end];

@@ -8,7 +8,7 @@ use std::time::Duration;
 use callbox_core::time::UnixSecs;
 use turn_proto::server::Event;
 
-pub use turn_proto::server::{AllocId, CloseReason, Traffic};
+pub use turn_proto::server::{AllocId, CloseReason, Traffic, Transport};
 
 /// One allocation event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum AllocationEvent {
         /// The USERNAME it authenticated with (a TURN REST username or a static user).
         username: String,
         client: SocketAddr,
+        /// How the client reaches us.
+        transport: Transport,
         relay: SocketAddr,
         lifetime: Duration,
         at: UnixSecs,
@@ -44,12 +46,14 @@ impl AllocationEvent {
                 id,
                 username,
                 client,
+                transport,
                 relay,
                 lifetime,
             } => AllocationEvent::Created {
                 id,
                 username,
                 client,
+                transport,
                 relay,
                 lifetime,
                 at,

@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use turn_proto::server::{Quotas, ServerConfig};
 use turn_proto::{RelayPorts, Server};
 
-pub use events::{AllocId, AllocationEvent, CloseReason, Traffic};
+pub use events::{AllocId, AllocationEvent, CloseReason, Traffic, Transport};
 pub use metrics::Metrics;
 pub use reservations::Reservations;
 pub use settings::{advertised_ipv4, workers};

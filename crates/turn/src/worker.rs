@@ -414,8 +414,9 @@ impl Worker {
                 }
                 let len = self.peer_rx.len(i);
                 let buf = self.peer_rx.buffer_mut(i);
-                if let PeerAction::ToClient { client, start, end } =
-                    self.server.handle_peer_packet(id, from, buf, head, len, now)
+                if let PeerAction::ToClient {
+                    client, start, end, ..
+                } = self.server.handle_peer_packet(id, from, buf, head, len, now)
                 {
                     // SAFETY: the slice points into `peer_rx`, which is not written again
                     // before the flush below.
@@ -471,7 +472,7 @@ impl Worker {
                         let _ = self.poll.registry().deregister(&mut relay.sock);
                     }
                 }
-                Command::SendToClient { to, bytes } => {
+                Command::SendToClient { to, bytes, .. } => {
                     if self.listeners[li].send_to(&bytes, to).is_err() {
                         self.counters.send_drops += 1;
                     }

@@ -60,6 +60,7 @@ impl Server {
                 username: a.username.clone(),
                 user: a.user.clone(),
                 client: a.client,
+                transport: a.transport,
                 relay: a.relay,
                 age: now.saturating_duration_since(a.created),
                 expires_in: a.expires.saturating_duration_since(now),

@@ -18,6 +18,7 @@ use callbox_core::policy::{Denial, Peer, PeerPolicy};
 use super::Server;
 use super::message::{Allocated, Answer, Refusal, ReplyTo, TurnError, encode};
 use super::quotas::TokenBucket;
+use super::types::Transport;
 use super::types::{AllocId, CloseReason, Command, Event, Family, RelayBindError, Traffic};
 use crate::relay_ports::RelayPorts;
 use crate::stun::{TransactionId, method};
@@ -133,6 +134,7 @@ pub(super) struct Channel {
 #[derive(Debug)]
 pub(super) struct Allocation {
     pub client: SocketAddr,
+    pub transport: Transport,
     pub username: String,
     /// The quota key: the REST user id part, or the static user's name.
     pub user: String,
@@ -272,6 +274,7 @@ impl Allocation {
 #[derive(Debug)]
 pub(super) struct Pending {
     pub client: SocketAddr,
+    pub transport: Transport,
     pub tid: TransactionId,
     pub username: String,
     pub user: String,
@@ -323,7 +326,7 @@ impl Server {
             tid: p.tid,
             fingerprint: p.fingerprint,
         };
-        let client = p.client;
+        let (client, transport) = (p.client, p.transport);
         let outcome = match (bound, relay_cfg) {
             (Ok(local), Some(relay_cfg)) => {
                 let relay = SocketAddr::new(relay_cfg.advertise, local.port());
@@ -339,7 +342,7 @@ impl Server {
             }
             (bound, _) => {
                 self.quotas.release(&p.user);
-                self.by_client.remove(&p.client);
+                self.by_client.remove(&(p.client, p.transport));
                 let error = match bound {
                     Err(e) if !e.is_capacity() => TurnError::RelayFailed,
                     _ => TurnError::NoRelay,
@@ -349,8 +352,11 @@ impl Server {
         };
         let mut bytes = Vec::new();
         encode(&to, &outcome, self.cfg.reply_settings(), &mut bytes);
-        self.commands
-            .push_back(Command::SendToClient { to: client, bytes });
+        self.commands.push_back(Command::SendToClient {
+            to: client,
+            transport,
+            bytes,
+        });
     }
 
     fn install_allocation(
@@ -367,6 +373,7 @@ impl Server {
             id,
             username: p.username.clone(),
             client: p.client,
+            transport: p.transport,
             relay,
             lifetime: p.lifetime,
         });
@@ -374,6 +381,7 @@ impl Server {
             id,
             Allocation {
                 client: p.client,
+                transport: p.transport,
                 username: p.username,
                 user: p.user,
                 key: p.key,
@@ -396,7 +404,7 @@ impl Server {
     /// event queued.
     pub(super) fn close(&mut self, id: AllocId, reason: CloseReason) {
         if let Some(a) = self.allocations.remove(&id) {
-            self.by_client.remove(&a.client);
+            self.by_client.remove(&(a.client, a.transport));
             self.quotas.release(&a.user);
             self.relay_ports.remove(a.relay);
             self.commands.push_back(Command::CloseRelay { id });

@@ -71,7 +71,7 @@ impl Server {
         }
         if let Some(a) = self
             .by_client
-            .get(&req.from)
+            .get(&(req.from, req.transport))
             .and_then(|id| self.allocations.get(id))
         {
             if a.username != username {

@@ -56,7 +56,7 @@ pub use self::quotas::{QuotaError, Quotas};
 pub use self::types::{
     AllocId, AllocationInfo, AuthFailure, ClientAction, CloseReason, Command, Credentials, Event, Family,
     PEER_HEADROOM, PEER_TAILROOM, PeerAction, RESERVATION_LIFETIME, RelayBindError, RelayIp, ServerConfig,
-    Stats, Traffic,
+    Stats, Traffic, Transport,
 };
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,6 +64,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// One request as its handler sees it: the message, where it came from and when.
 pub(crate) struct Request<'m> {
     pub from: SocketAddr,
+    pub transport: Transport,
     pub now: Instant,
     pub unix_now: u64,
     pub msg: &'m Message<'m>,
@@ -81,7 +82,9 @@ pub struct Server {
     relay_ports: Arc<RelayPorts>,
     unauthenticated: SourceLimiter,
     allocations: HashMap<AllocId, Allocation>,
-    by_client: HashMap<SocketAddr, AllocId>,
+    /// Allocations by their client's address and transport (the server's side of the
+    /// 5-tuple is the listener, the same for every client of a shard's socket).
+    by_client: HashMap<(SocketAddr, Transport), AllocId>,
     pending: HashMap<AllocId, Pending>,
     next_id: u64,
     indication_counter: u64,
@@ -180,8 +183,7 @@ impl Server {
         now.saturating_duration_since(self.epoch).as_secs()
     }
 
-    /// Handles one datagram from a client. A response is written to `reply` (cleared
-    /// first), the one place a request's typed outcome becomes bytes.
+    /// Handles one datagram from a UDP client ([`Server::handle_client_message`] over UDP).
     pub fn handle_client_packet<'a>(
         &mut self,
         from: SocketAddr,
@@ -190,9 +192,25 @@ impl Server {
         unix_now: u64,
         reply: &mut Vec<u8>,
     ) -> ClientAction<'a> {
+        self.handle_client_message(from, Transport::Udp, packet, now, unix_now, reply)
+    }
+
+    /// Handles one message from a client: a datagram, or one frame of a TCP/TLS stream
+    /// (ChannelData given without its padding). A response is written to `reply` (cleared
+    /// first), the one place a request's typed outcome becomes bytes.
+    pub fn handle_client_message<'a>(
+        &mut self,
+        from: SocketAddr,
+        transport: Transport,
+        packet: &'a [u8],
+        now: Instant,
+        unix_now: u64,
+        reply: &mut Vec<u8>,
+    ) -> ClientAction<'a> {
         reply.clear();
+        let client = (from, transport);
         let msg = match packet.first() {
-            Some(0x40..=0x7F) => return self.client_channel_data(from, packet, now),
+            Some(0x40..=0x7F) => return self.client_channel_data(client, packet, now),
             Some(0x00..=0x03) => Message::parse(packet),
             _ => {
                 self.stats.dropped_packets += 1;
@@ -205,18 +223,19 @@ impl Server {
         };
         match msg.class() {
             Class::Indication if msg.method() == method::SEND => {
-                self.send_indication(from, SendIndication::parse(&msg), now)
+                self.send_indication(client, SendIndication::parse(&msg), now)
             }
             Class::Request => {
                 // A request from a 5-tuple without an allocation is answered without
                 // integrity (Binding, 401, errors) or starts one: spoofable, so each
                 // source gets a bounded number of answers.
-                if !self.by_client.contains_key(&from) && !self.unauthenticated.allow(from.ip(), now) {
+                if !self.by_client.contains_key(&client) && !self.unauthenticated.allow(from.ip(), now) {
                     self.stats.unauthenticated_drops += 1;
                     return ClientAction::None;
                 }
                 let req = Request {
                     from,
+                    transport,
                     now,
                     unix_now,
                     msg: &msg,
@@ -238,7 +257,7 @@ impl Server {
 
     fn client_channel_data<'a>(
         &mut self,
-        from: SocketAddr,
+        from: (SocketAddr, Transport),
         packet: &'a [u8],
         now: Instant,
     ) -> ClientAction<'a> {
@@ -264,7 +283,7 @@ impl Server {
 
     fn send_indication<'a>(
         &mut self,
-        from: SocketAddr,
+        from: (SocketAddr, Transport),
         send: Option<SendIndication<'a>>,
         now: Instant,
     ) -> ClientAction<'a> {
@@ -354,7 +373,15 @@ impl Server {
             let start = head - 4;
             buf[start..start + 2].copy_from_slice(&ch.number.to_be_bytes());
             buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
-            (start, head + len)
+            // Over a stream the data is padded to a multiple of 4, with zeros (the length
+            // field keeps the unpadded length); the tailroom holds the padding.
+            let end = if alloc.transport.is_stream() {
+                head + ((len + 3) & !3)
+            } else {
+                head + len
+            };
+            buf[head + len..end].fill(0);
+            (start, end)
         } else {
             let hl = stun::data_indication_head_len(&from);
             let start = head - hl;
@@ -373,6 +400,7 @@ impl Server {
         self.stats.traffic.bytes_to_client += len as u64;
         PeerAction::ToClient {
             client: alloc.client,
+            transport: alloc.transport,
             start,
             end,
         }

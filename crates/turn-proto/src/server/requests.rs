@@ -44,7 +44,7 @@ impl Server {
     fn allocate(&mut self, req: &Request<'_>, attrs: Result<AllocateRequest, RequestError>) -> Handled {
         let msg = req.msg;
         // A retransmitted Allocate gets the same success; any other one is a mismatch.
-        if let Some(&id) = self.by_client.get(&req.from) {
+        if let Some(&id) = self.by_client.get(&(req.from, req.transport)) {
             let Some(a) = self.allocations.get(&id) else {
                 // A bind in progress: the retransmission will be answered by its result.
                 return Ok(Answer::Later);
@@ -67,7 +67,7 @@ impl Server {
         }
         let auth = self.authenticate(req, Expiry::Checked)?;
         let key = auth.key;
-        if self.by_client.contains_key(&req.from) {
+        if self.by_client.contains_key(&(req.from, req.transport)) {
             return Err(Refusal::signed(TurnError::AllocationMismatch, &key));
         }
         let attrs = attrs.map_err(|e| Refusal::signed(e, &key))?;
@@ -119,6 +119,7 @@ impl Server {
             id,
             Pending {
                 client: req.from,
+                transport: req.transport,
                 tid: msg.transaction_id(),
                 username: auth.username,
                 user: auth.user,
@@ -129,7 +130,7 @@ impl Server {
                 reserving: attrs.reserve_next,
             },
         );
-        self.by_client.insert(req.from, id);
+        self.by_client.insert((req.from, req.transport), id);
         Ok(Answer::Later)
     }
 
@@ -137,7 +138,7 @@ impl Server {
     /// the refusal (401/438/441/437).
     fn with_allocation(&mut self, req: &Request<'_>) -> Result<(AllocId, LongTermKey), Refusal> {
         let auth = self.authenticate(req, Expiry::Ignored)?;
-        match self.by_client.get(&req.from) {
+        match self.by_client.get(&(req.from, req.transport)) {
             Some(&id) if self.allocations.get(&id).is_some_and(|a| a.expires > req.now) => Ok((id, auth.key)),
             _ => Err(Refusal::signed(TurnError::AllocationMismatch, &auth.key)),
         }

@@ -85,10 +85,15 @@ impl Harness {
 
     /// Sends a packet, runs the driver's part (binding relays), returns the reply if any.
     fn send(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+        self.send_over(from, Transport::Udp, packet)
+    }
+
+    /// [`Harness::send`] over a given transport.
+    fn send_over(&mut self, from: SocketAddr, transport: Transport, packet: &[u8]) -> Option<Vec<u8>> {
         let unix = self.unix();
-        let action = self
-            .server
-            .handle_client_packet(from, packet, self.now, unix, &mut self.reply);
+        let action =
+            self.server
+                .handle_client_message(from, transport, packet, self.now, unix, &mut self.reply);
         let mut out = match action {
             ClientAction::Reply => Some(self.reply.clone()),
             _ => None,
@@ -118,8 +123,12 @@ impl Harness {
                         .ok_or(RelayBindError::NoReservation);
                     self.server.relay_bound(id, bound, self.now);
                 }
-                Command::SendToClient { to, bytes } => {
-                    assert_eq!(to, from);
+                Command::SendToClient {
+                    to,
+                    transport: t,
+                    bytes,
+                } => {
+                    assert_eq!((to, t), (from, transport));
                     out = Some(bytes);
                 }
                 Command::CloseRelay { .. } => {}
@@ -131,6 +140,7 @@ impl Harness {
 
 struct Client {
     addr: SocketAddr,
+    transport: Transport,
     username: String,
     key: LongTermKey,
     nonce: Option<String>,
@@ -144,6 +154,7 @@ impl Client {
         let password = rest_password(secrets().signing(), &username);
         Self {
             addr: addr.parse().unwrap(),
+            transport: Transport::Udp,
             key: long_term_key(&username, REALM, &password),
             username,
             nonce: None,
@@ -176,7 +187,7 @@ impl Client {
     ) -> (Class, Option<u16>, Vec<u8>) {
         for _ in 0..2 {
             let req = self.request(m, attrs, self.nonce.is_some());
-            let resp = h.send(self.addr, &req).expect("a reply");
+            let resp = h.send_over(self.addr, self.transport, &req).expect("a reply");
             let msg = Message::parse(&resp).unwrap();
             let code = error_code(&msg);
             if matches!(code, Some(401) | Some(438))
@@ -246,7 +257,9 @@ fn peer_packet(h: &mut Harness, id: AllocId, from: &str, payload: &[u8]) -> Opti
         payload.len(),
         h.now,
     ) {
-        PeerAction::ToClient { client, start, end } => Some((client, buf[start..end].to_vec())),
+        PeerAction::ToClient {
+            client, start, end, ..
+        } => Some((client, buf[start..end].to_vec())),
         PeerAction::Drop => None,
     }
 }
@@ -1350,7 +1363,7 @@ fn relay_bind_failures_answer_by_kind_and_give_the_quota_back() {
         let error = RelayBindError::Io(io::Error::from(kind));
         assert_eq!(error.is_capacity(), code == 508, "{kind:?}");
         h.server.relay_bound(id, Err(error), h.now);
-        let Some(Command::SendToClient { to, bytes }) = h.server.next_command() else {
+        let Some(Command::SendToClient { to, bytes, .. }) = h.server.next_command() else {
             panic!("an answer");
         };
         assert_eq!(to, c.addr);
@@ -1412,4 +1425,65 @@ fn typed_requests_map_their_errors_to_stun_codes() {
             peer: "198.51.100.1:9".parse().unwrap(),
         })))
     );
+}
+
+#[test]
+fn a_stream_client_is_its_own_five_tuple_and_gets_padded_channel_data() {
+    let mut h = Harness::default();
+    let mut udp = Client::rest("192.0.2.7:4444", "alice", 3600);
+    let mut tcp = Client::rest("192.0.2.7:4444", "alice", 3600);
+    tcp.transport = Transport::Tcp;
+    assert_eq!(udp.allocate(&mut h).0, Class::Success);
+    assert_eq!(
+        tcp.allocate(&mut h).0,
+        Class::Success,
+        "the same address over TCP is another client"
+    );
+    let mut ids = HashMap::new();
+    while let Some(e) = h.server.next_event() {
+        if let Event::Created { id, transport, .. } = e {
+            ids.insert(transport, id);
+        }
+    }
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for c in [&mut udp, &mut tcp] {
+        assert_eq!(c.bind(&mut h, 0x4000, "127.0.0.1:7000"), None);
+    }
+    let mut relayed = |id: AllocId| {
+        // Garbage around the payload: the padding must be written, not found.
+        let payload = b"hello";
+        let mut buf = vec![0xAA; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+        match h.server.handle_peer_packet(
+            id,
+            "127.0.0.1:7000".parse().unwrap(),
+            &mut buf,
+            PEER_HEADROOM,
+            payload.len(),
+            h.now,
+        ) {
+            PeerAction::ToClient {
+                transport,
+                start,
+                end,
+                ..
+            } => (transport, buf[start..end].to_vec()),
+            PeerAction::Drop => panic!("dropped"),
+        }
+    };
+    let (t, over_udp) = relayed(ids[&Transport::Udp]);
+    assert_eq!((t, over_udp), (Transport::Udp, channel_data(0x4000, b"hello")));
+    let (t, over_tcp) = relayed(ids[&Transport::Tcp]);
+    assert_eq!(t, Transport::Tcp);
+    assert_eq!(over_tcp.len(), 4 + 8, "padded to a multiple of 4");
+    assert_eq!(
+        &over_tcp[2..4],
+        &5u16.to_be_bytes(),
+        "the length field is unpadded"
+    );
+    assert_eq!(&over_tcp[4..9], b"hello");
+    assert_eq!(&over_tcp[9..], &[0, 0, 0], "zero padding");
+    let listed: Vec<Transport> = h.server.allocations(h.now).map(|a| a.transport).collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&Transport::Udp) && listed.contains(&Transport::Tcp));
 }

@@ -128,6 +128,34 @@ pub struct Credentials {
     pub banned: Vec<Cidr>,
 }
 
+/// How a client reaches the server. Part of the 5-tuple that names an allocation (RFC 8656
+/// section 2.2): the same address over UDP and over TCP are two clients. Relayed peers are
+/// always UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// The `transport` label of metrics and the word in logs and listings.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Over a stream (TCP, TLS) ChannelData is padded to a multiple of 4 bytes (RFC 8656
+    /// section 12.5); over UDP it is not.
+    pub const fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
 /// A live allocation as the operator sees it ([`Server::allocations`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocationInfo {
@@ -137,6 +165,7 @@ pub struct AllocationInfo {
     /// The quota key: the REST user id part, or the static user's name.
     pub user: String,
     pub client: SocketAddr,
+    pub transport: Transport,
     /// The advertised relay address.
     pub relay: SocketAddr,
     pub age: Duration,
@@ -188,6 +217,7 @@ pub enum Event {
         id: AllocId,
         username: String,
         client: SocketAddr,
+        transport: Transport,
         relay: SocketAddr,
         lifetime: Duration,
     },
@@ -224,7 +254,11 @@ pub enum Command {
     /// Close the relay socket of `id`.
     CloseRelay { id: AllocId },
     /// Send `bytes` to a client (replies that are produced outside a packet call).
-    SendToClient { to: SocketAddr, bytes: Vec<u8> },
+    SendToClient {
+        to: SocketAddr,
+        transport: Transport,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why the driver has no relay socket for an allocation ([`Server::relay_bound`]).
@@ -272,9 +306,11 @@ pub enum ClientAction<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerAction {
     Drop,
-    /// Send `buf[start..end]` to `client`.
+    /// Send `buf[start..end]` to `client` over `transport` (ChannelData already padded when
+    /// that is a stream).
     ToClient {
         client: SocketAddr,
+        transport: Transport,
         start: usize,
         end: usize,
     },
