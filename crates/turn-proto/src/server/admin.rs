@@ -2,14 +2,14 @@
 //! allocations. None of them touches the packet path: a banned client's existing
 //! allocations are closed by a kick, not by a check per packet.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 #[cfg(doc)]
 use callbox_core::policy::Cidr;
 
 use super::Server;
-use super::types::{AllocId, AllocationInfo, CloseReason};
+use super::types::{AllocId, AllocationInfo, CloseReason, Transport};
 
 impl Server {
     /// Closes an allocation on the operator's request. Returns whether it existed here.
@@ -17,6 +17,21 @@ impl Server {
         let existed = self.allocations.contains_key(&id);
         self.close(id, CloseReason::Kicked);
         existed
+    }
+
+    /// The stream (TCP, TLS) of `client` closed: its allocation ends at once, and an
+    /// Allocate still waiting for its relay socket is dropped (the socket is closed when it
+    /// arrives). Returns whether there was either.
+    pub fn client_gone(&mut self, client: SocketAddr, transport: Transport) -> bool {
+        let Some(id) = self.by_client.remove(&(client, transport)) else {
+            return false;
+        };
+        if let Some(p) = self.pending.remove(&id) {
+            self.quotas.release(&p.user);
+            return true;
+        }
+        self.close(id, CloseReason::Disconnected);
+        true
     }
 
     /// Closes every allocation whose user id matches (a ban or a removed user).

@@ -1386,6 +1386,7 @@ fn close_reasons_have_the_words_of_session_history() {
         (CloseReason::Expired, "expired"),
         (CloseReason::Kicked, "kicked"),
         (CloseReason::Shutdown, "shutdown"),
+        (CloseReason::Disconnected, "disconnected"),
     ];
     for (reason, word) in words {
         assert_eq!(reason.as_str(), word);
@@ -1486,4 +1487,37 @@ fn a_stream_client_is_its_own_five_tuple_and_gets_padded_channel_data() {
     let listed: Vec<Transport> = h.server.allocations(h.now).map(|a| a.transport).collect();
     assert_eq!(listed.len(), 2);
     assert!(listed.contains(&Transport::Udp) && listed.contains(&Transport::Tcp));
+}
+
+#[test]
+fn a_closed_stream_ends_its_allocation_and_only_its_own() {
+    let mut h = Harness::default();
+    let mut udp = Client::rest("192.0.2.7:4444", "alice", 3600);
+    let mut tcp = Client::rest("192.0.2.7:4444", "alice", 3600);
+    tcp.transport = Transport::Tcp;
+    assert_eq!(udp.allocate(&mut h).0, Class::Success);
+    assert_eq!(tcp.allocate(&mut h).0, Class::Success);
+    while h.server.next_event().is_some() {}
+    let client = tcp.addr;
+    assert!(h.server.client_gone(client, Transport::Tcp));
+    let closed: Vec<CloseReason> = std::iter::from_fn(|| h.server.next_event())
+        .filter_map(|e| match e {
+            Event::Closed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [CloseReason::Disconnected]);
+    assert!(matches!(
+        h.server.next_command(),
+        Some(Command::CloseRelay { .. })
+    ));
+    let left: Vec<Transport> = h.server.allocations(h.now).map(|a| a.transport).collect();
+    assert_eq!(left, [Transport::Udp], "the UDP client's allocation stays");
+    assert!(
+        !h.server.client_gone(client, Transport::Tcp),
+        "nothing left to close"
+    );
+    // Its quota unit is back: the TCP client can allocate again on a new connection.
+    tcp.addr = "192.0.2.7:4445".parse().unwrap();
+    assert_eq!(tcp.allocate(&mut h).0, Class::Success);
 }

@@ -195,6 +195,9 @@ pub enum CloseReason {
     /// Closed by the operator or a ban.
     Kicked,
     Shutdown,
+    /// The client's TCP or TLS connection closed (RFC 8656 section 12: the allocation
+    /// lives only as long as its connection).
+    Disconnected,
 }
 
 impl CloseReason {
@@ -206,6 +209,7 @@ impl CloseReason {
             CloseReason::Expired => "expired",
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }
