@@ -50,8 +50,11 @@ fn open_mode_shape_headers_and_parameters() {
     );
     assert_eq!(
         v["uris"],
-        json!([format!("turn:127.0.0.1:{port}?transport=udp")]),
-        "only enabled listeners"
+        json!([
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp")
+        ]),
+        "the listeners that run, in the order a browser should try them"
     );
     assert!(v["expiresAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -65,12 +68,16 @@ fn open_mode_shape_headers_and_parameters() {
             .contains("Link")
     );
     let links = r.headers_named("link");
-    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(links.len(), 3, "one per URL: {links:?}");
     assert_eq!(links[0], format!("<stun:127.0.0.1:{port}>; rel=\"ice-server\""));
-    assert!(
-        links[1].contains("rel=\"ice-server\"") && links[1].contains(&format!("username=\"{username}\""))
-    );
-    assert!(links[1].contains("credential-type=\"password\""));
+    for (link, transport) in links[1..].iter().zip(["udp", "tcp"]) {
+        assert!(
+            link.starts_with(&format!("<turn:127.0.0.1:{port}?transport={transport}>")),
+            "{link}"
+        );
+        assert!(link.contains("rel=\"ice-server\"") && link.contains(&format!("username=\"{username}\"")));
+        assert!(link.contains("credential-type=\"password\""));
+    }
     // The secret the relay uses verifies it.
     let set = callbox_core::SecretSet::new(vec![callbox_core::Secret::new(s.secret())]).unwrap();
     assert!(set.verify_password(username, v["password"].as_str().unwrap(), now()));

@@ -207,3 +207,11 @@ put("signal_message", "bad_type", '{"type":7}')
 put("ice_form", "form", b"\x01username=a+b%40c&ttl=60&service=turn")
 put("ice_form", "json", b'\x00{"username":"alice","ttl":"600"}')
 put("ice_form", "bad_escape", b"\x02key=%zz&%ff=%e2%82")
+
+# TCP/TLS streams: [max-frame pick][8 read sizes] then the stream: a Binding request, padded
+# ChannelData in RFC 8656's and RFC 5766's ranges, and another request, split oddly.
+binding_req = h("000100002112a442" + "0b" * 12)
+cd = b"\x40\x01\x00\x05hello\x00\x00\x00" + b"\x7f\xfe\x00\x00"
+put("stream_framer", "mixed", b"\x01" + bytes([3, 17, 1, 40, 2, 9, 64, 5]) + binding_req + cd + binding_req)
+put("stream_framer", "garbage", b"\x00" + bytes([255] * 8) + b"\x9e" * 256)
+put("stream_framer", "too_long", b"\x02" + bytes([4] * 8) + b"\x40\x00\xff\xff" + b"x" * 40)

@@ -47,6 +47,18 @@ pub fn fit(config: &mut Config, limit: u64, roles: &[Role], workers: usize) -> V
             config.turn.total_quota, config.general.reserved_descriptors
         ));
     }
+    // TCP clients of the relay and signaling share what is left: TCP gets at most half.
+    if has(Role::Turn) && config.turn.tcp {
+        let room = (limit.saturating_sub(fixed) / 2).max(16) as usize;
+        if config.turn.tcp_max_connections > room {
+            notes.push(format!(
+                "turn.tcp_max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
+                config.turn.tcp_max_connections
+            ));
+            config.turn.tcp_max_connections = room;
+        }
+        fixed += config.turn.tcp_max_connections as u64;
+    }
     if has(Role::Signal) {
         let room = limit.saturating_sub(fixed).max(64) as usize;
         if config.signal.max_connections > room {
@@ -73,9 +85,11 @@ mod tests {
         let mut c = Config::default();
         c.turn.total_quota = 400;
         let notes = fit(&mut c, 1024, &roles(), 2);
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        // 1024 - 256 reserved - 400 relay - 8 relay fixed - 64 turn http - 128 admin.
-        assert_eq!(c.signal.max_connections, 168);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        // 1024 - 256 reserved - 400 relay - 8 relay fixed - 64 turn http - 128 admin = 168,
+        // half of it for the relay's TCP clients, the rest for signaling.
+        assert_eq!(c.turn.tcp_max_connections, 84);
+        assert_eq!(c.signal.max_connections, 84);
         let mut c = Config::default();
         assert!(fit(&mut c, 1 << 20, &roles(), 2).is_empty());
         assert_eq!(c.signal.max_connections, 10_000);
@@ -85,8 +99,12 @@ mod tests {
     fn a_limit_below_the_relay_quota_is_reported() {
         let mut c = Config::default();
         let notes = fit(&mut c, 1024, &roles(), 2);
-        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(notes.len(), 3, "{notes:?}");
         assert!(notes[0].contains("turn.total_quota"));
+        assert_eq!(
+            c.turn.tcp_max_connections, 16,
+            "a floor, so TCP clients still get in"
+        );
         assert_eq!(c.signal.max_connections, 64, "a floor, so signaling still works");
     }
 }

@@ -11,7 +11,7 @@ use callbox_core::Config;
 use callbox_core::credentials::{LongTermKey, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
 use callbox_core::metrics::MetricsRegistry;
-use callbox_turn::{Credentials, TurnRole, TurnSettings, UdpListeners};
+use callbox_turn::{Credentials, TcpListeners, TurnRole, TurnSettings, UdpListeners};
 
 use crate::access::{Access, Snapshot};
 use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_store, secrets, seed_secrets};
@@ -38,7 +38,8 @@ fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints
             .clone()
             .unwrap_or_else(|| advertise.to_string()),
         udp_port: Some(udp_port),
-        tcp_port: None,
+        // TCP listens on the UDP listeners' ports.
+        tcp_port: config.turn.tcp.then_some(udp_port),
         tls_port: None,
     }
 }
@@ -111,10 +112,14 @@ async fn bind_turn(
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = callbox_turn::workers(config);
-    let mut listen = Vec::new();
+    let mut udp_parts = Vec::new();
+    let mut tcp_parts = Vec::new();
     for addr in &t.listen {
-        match UdpListeners::bind(&[*addr], workers) {
-            Ok(l) => listen.push(l),
+        match bind_listener(*addr, workers, t.tcp) {
+            Ok((udp, tcp)) => {
+                udp_parts.push(udp);
+                tcp_parts.push(tcp);
+            }
             // The default configuration listens on [::] too; a host without IPv6 runs on IPv4.
             Err(e) if addr.is_ipv6() && t.listen.len() > 1 => {
                 tracing::warn!(%addr, error = %e, "IPv6 listener not available; continuing without it");
@@ -122,8 +127,9 @@ async fn bind_turn(
             Err(e) => return Err(e).with_context(|| format!("binding turn.listen {addr}")),
         }
     }
-    anyhow::ensure!(!listen.is_empty(), "no TURN listener could be bound");
-    let udp = UdpListeners::merge(listen);
+    anyhow::ensure!(!udp_parts.is_empty(), "no TURN listener could be bound");
+    let udp = UdpListeners::merge(udp_parts);
+    let tcp = TcpListeners::merge(tcp_parts);
     let addrs = udp.local_addrs().to_vec();
     let http = match t.http_listen {
         Some(a) => Some(bind_tcp("turn.http_listen", a).await?),
@@ -131,7 +137,7 @@ async fn bind_turn(
     };
     let settings = TurnSettings::from_config(config, &addrs, credentials);
     let advertise = settings.advertised_ipv4();
-    let (role, events) = TurnRole::new(settings, udp, rand::random(), Arc::clone(registry))
+    let (role, events) = TurnRole::new(settings, udp, tcp, rand::random(), Arc::clone(registry))
         .context("starting the turn role")?;
     Ok(TurnBound {
         role,
@@ -141,6 +147,28 @@ async fn bind_turn(
         advertise,
         workers,
     })
+}
+
+/// The UDP listeners on `addr`, and TCP on the same port when `tcp`. With port 0 the
+/// kernel picks the UDP port, which another process may hold over TCP: then another port
+/// is tried, a few times.
+fn bind_listener(
+    addr: SocketAddr,
+    workers: usize,
+    tcp: bool,
+) -> std::io::Result<(UdpListeners, TcpListeners)> {
+    let mut tries = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        let udp = UdpListeners::bind(&[addr], workers)?;
+        if !tcp {
+            return Ok((udp, TcpListeners::none()));
+        }
+        match TcpListeners::bind(udp.local_addrs(), workers) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The ICE URLs the signal role hands out: this process's turn listeners when the turn

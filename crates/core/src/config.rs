@@ -110,8 +110,21 @@ pub struct StaticUser {
 pub struct Turn {
     /// The long-term credential realm.
     pub realm: String,
-    /// UDP listeners for STUN and TURN.
+    /// Listeners for STUN and TURN: UDP, and TCP on the same address and port unless
+    /// `tcp` is off.
     pub listen: Vec<SocketAddr>,
+    /// STUN and TURN over TCP beside each UDP listener (RFC 8656 section 12).
+    pub tcp: bool,
+    /// TCP connections the relay holds at once, and per client address (IPv6 by
+    /// `ipv6_prefix_len`); past them a new connection is closed at accept.
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_address: usize,
+    /// Milliseconds a TCP connection may stay silent without an allocation, or stopped in
+    /// the middle of a message, before it is closed.
+    pub tcp_idle_timeout_ms: u64,
+    /// Bytes queued for a TCP client that reads too slowly; what does not fit is dropped
+    /// (counted as send drops), as the network would drop it over UDP.
+    pub tcp_send_buffer_bytes: usize,
     /// The IPv4 address relay sockets bind to. Default: the address of the default
     /// route's interface, 127.0.0.1 when there is none.
     pub relay_ip: Option<IpAddr>,
@@ -194,6 +207,11 @@ impl Default for Turn {
             http_listen: Some("127.0.0.1:9478".parse().expect("literal")),
             http_max_connections: 64,
             http_header_timeout_ms: 5000,
+            tcp: true,
+            tcp_max_connections: 4096,
+            tcp_max_connections_per_address: 64,
+            tcp_idle_timeout_ms: 30_000,
+            tcp_send_buffer_bytes: 256 * 1024,
             software: false,
             unauthenticated_rate: 50,
             unauthenticated_burst: 200,

@@ -4,6 +4,7 @@
 //! `callbox-turn`) hands in datagrams with their source and the current time and carries
 //! out what comes back; tests drive the same code on simulated time.
 
+pub mod framing;
 pub mod nonce;
 pub mod relay_ports;
 pub mod server;

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod reservations;
 mod settings;
+mod stream;
 mod worker;
 
 use std::io;
@@ -41,6 +42,7 @@ pub use events::{AllocId, AllocationEvent, CloseReason, Traffic, Transport};
 pub use metrics::Metrics;
 pub use reservations::Reservations;
 pub use settings::{advertised_ipv4, workers};
+pub use stream::{StreamSettings, TcpListeners};
 pub use turn_proto::server::{AllocationInfo, Credentials};
 pub use worker::Control;
 use worker::{Worker, WorkerHandle, WorkerParts};
@@ -65,6 +67,8 @@ pub struct TurnSettings {
     pub max_reservations: usize,
     /// Limits of the `/metrics`, `/healthz`, `/readyz` listener.
     pub http: callbox_http::Limits,
+    /// Caps and timeouts of STUN/TURN over TCP.
+    pub streams: StreamSettings,
 }
 
 /// The bound UDP listeners: for each address, one socket per worker.
@@ -234,6 +238,7 @@ impl TurnRole {
     pub fn new(
         settings: TurnSettings,
         listeners: UdpListeners,
+        tcp: TcpListeners,
         nonce_key: [u8; 32],
         registry: Arc<MetricsRegistry>,
     ) -> io::Result<(TurnRole, tokio::sync::mpsc::Receiver<AllocationEvent>)> {
@@ -248,6 +253,13 @@ impl TurnRole {
                 per_worker[i % n].push(s);
             }
         }
+        let mut tcp_per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        for group in tcp.sockets {
+            for (i, s) in group.into_iter().enumerate() {
+                tcp_per_worker[i % n].push(s);
+            }
+        }
+        let mut tcp_per_worker = tcp_per_worker.into_iter();
         let now = std::time::Instant::now();
         let reservations = Arc::new(Reservations::new(
             Arc::clone(&settings.quotas),
@@ -273,6 +285,8 @@ impl TurnRole {
                 index,
                 server,
                 listeners: sockets,
+                tcp_listeners: tcp_per_worker.next().unwrap_or_default(),
+                streams: settings.streams.clone(),
                 port_range: settings.port_range,
                 stop: Arc::clone(&stop),
                 credentials: Arc::clone(&settings.credentials),

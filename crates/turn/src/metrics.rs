@@ -36,6 +36,12 @@ pub struct WorkerSlot {
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
     relay_receive_errors: AtomicU64,
+    tcp_open: AtomicU64,
+    tcp_accepted: AtomicU64,
+    tcp_refused: AtomicU64,
+    tcp_bad_input: AtomicU64,
+    tcp_idle_closed: AtomicU64,
+    tcp_send_drops: AtomicU64,
 }
 
 impl WorkerSlot {
@@ -63,6 +69,12 @@ impl WorkerSlot {
             .store(driver.relay_bind_failures, Relaxed);
         self.relay_receive_errors
             .store(driver.relay_receive_errors, Relaxed);
+        self.tcp_open.store(driver.streams_open, Relaxed);
+        self.tcp_accepted.store(driver.streams.accepted, Relaxed);
+        self.tcp_refused.store(driver.streams.refused, Relaxed);
+        self.tcp_bad_input.store(driver.streams.bad_input, Relaxed);
+        self.tcp_idle_closed.store(driver.streams.idle_closed, Relaxed);
+        self.tcp_send_drops.store(driver.streams.send_drops, Relaxed);
     }
 }
 
@@ -227,6 +239,34 @@ impl Collector for Metrics {
             "Receives on relay sockets that failed (the socket's error was logged, once a second at most).",
             self.sum(|w| &w.relay_receive_errors),
         )?;
+        gauge(
+            enc,
+            "callbox_turn_tcp_connections",
+            "Open STUN/TURN client connections over TCP.",
+            signed(self.sum(|w| &w.tcp_open)),
+        )?;
+        counter(
+            enc,
+            "callbox_turn_tcp_accepted",
+            "STUN/TURN client connections accepted over TCP.",
+            self.sum(|w| &w.tcp_accepted),
+        )?;
+        counters(
+            enc,
+            "callbox_turn_tcp_closed",
+            "TCP client connections closed by the server, by reason: over the per-address or total cap at accept, bytes that are not STUN or ChannelData (or a frame too long), silent past turn.tcp_idle_timeout_ms without an allocation or mid-frame.",
+            &[
+                (&[("reason", "cap")], self.sum(|w| &w.tcp_refused)),
+                (&[("reason", "bad_input")], self.sum(|w| &w.tcp_bad_input)),
+                (&[("reason", "idle")], self.sum(|w| &w.tcp_idle_closed)),
+            ],
+        )?;
+        counter(
+            enc,
+            "callbox_turn_tcp_send_drop_bytes",
+            "Bytes for TCP clients dropped because the client's send queue was full.",
+            self.sum(|w| &w.tcp_send_drops),
+        )?;
         counter(
             enc,
             "callbox_turn_event_drops",
@@ -259,6 +299,7 @@ mod driver_tests {
             send_drops: 1,
             relay_bind_failures: 2,
             relay_receive_errors: 3,
+            ..DriverCounters::default()
         };
         m.workers[0].publish(&Stats::default(), 0, &counters);
         m.workers[1].publish(&Stats::default(), 0, &counters);

@@ -137,6 +137,21 @@ pub(crate) fn http_limits(config: &Config) -> callbox_http::Limits {
     }
 }
 
+/// Caps and timeouts of STUN/TURN over TCP (`turn.tcp_*`).
+pub(crate) fn stream_settings(config: &Config) -> crate::StreamSettings {
+    let t = &config.turn;
+    crate::StreamSettings {
+        limits: callbox_http::ConnectionLimits::new(callbox_http::Limits {
+            max_connections: t.tcp_max_connections,
+            max_per_address: t.tcp_max_connections_per_address,
+            ipv6_prefix: t.ipv6_prefix_len,
+            header_timeout: Duration::from_millis(t.tcp_idle_timeout_ms),
+        }),
+        idle_timeout: Duration::from_millis(t.tcp_idle_timeout_ms),
+        send_buffer: t.tcp_send_buffer_bytes,
+    }
+}
+
 impl TurnSettings {
     /// The IPv4 address these settings advertise for relayed traffic.
     pub fn advertised_ipv4(&self) -> IpAddr {
@@ -177,6 +192,7 @@ impl TurnSettings {
             reservation_lifetime: Duration::from_secs(t.reservation_lifetime),
             max_reservations: t.max_reservations,
             http: http_limits(config),
+            streams: stream_settings(config),
         }
     }
 }

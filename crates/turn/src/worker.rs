@@ -20,15 +20,21 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng as _;
 use slab::Slab;
 use tokio::sync::oneshot;
-use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM, RelayBindError};
+use turn_proto::server::{Credentials, PEER_HEADROOM, PEER_TAILROOM, RelayBindError, Transport};
 use turn_proto::{AllocId, AllocationInfo, ClientAction, Command, PeerAction, Server};
 
 use crate::batch::{BATCH, RecvBatch, SendBatch};
 use crate::metrics::WorkerSlot;
+use crate::stream::{Gone, StreamCounters, StreamSettings, Streams};
 use crate::{AllocationEvent, Metrics, Reservations};
 
 const WAKER: Token = Token(usize::MAX - 1);
+// Token ranges: UDP listeners from 0, TCP listeners, relay sockets, TCP connections.
+const TCP_LISTENER_BASE: usize = 1 << 19;
 const RELAY_BASE: usize = 1 << 20;
+const CONN_BASE: usize = 1 << 40;
+/// How often TCP connections are checked for their idle timeout.
+const STREAM_SWEEP: Duration = Duration::from_secs(1);
 /// Batches read from one socket before others get a turn.
 const MAX_BATCHES_PER_TURN: usize = 4;
 /// Longest the loop sleeps, so shutdown and credential changes are seen promptly.
@@ -75,6 +81,8 @@ pub(crate) struct Worker {
     server: Server,
     poll: Poll,
     listeners: Vec<UdpSocket>,
+    streams: Streams,
+    next_stream_sweep: Instant,
     relays: Slab<Relay>,
     relay_by_id: HashMap<AllocId, usize>,
     port_range: (u16, u16),
@@ -112,6 +120,8 @@ pub(crate) struct DriverCounters {
     pub send_drops: u64,
     pub relay_bind_failures: u64,
     pub relay_receive_errors: u64,
+    pub streams: StreamCounters,
+    pub streams_open: u64,
 }
 
 /// Lets a log line through at most once a second: a socket that keeps failing is
@@ -140,6 +150,8 @@ pub(crate) struct WorkerParts {
     pub index: usize,
     pub server: Server,
     pub listeners: Vec<std::net::UdpSocket>,
+    pub tcp_listeners: Vec<std::net::TcpListener>,
+    pub streams: StreamSettings,
     pub port_range: (u16, u16),
     pub stop: Arc<AtomicBool>,
     pub credentials: Arc<ArcSwap<Credentials>>,
@@ -164,11 +176,20 @@ impl Worker {
             poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
             listeners.push(s);
         }
+        let streams = Streams::new(
+            p.tcp_listeners,
+            p.streams,
+            poll.registry(),
+            TCP_LISTENER_BASE,
+            CONN_BASE,
+        )?;
         let worker = Worker {
             index: p.index,
             server: p.server,
             poll,
             listeners,
+            streams,
+            next_stream_sweep: Instant::now() + STREAM_SWEEP,
             relays: Slab::new(),
             relay_by_id: HashMap::new(),
             port_range: p.port_range,
@@ -225,8 +246,13 @@ impl Worker {
                         self.controls();
                         false
                     }
-                    Token(i) if i < RELAY_BASE => self.client_readable(i)?,
-                    Token(i) => self.relay_readable(i - RELAY_BASE),
+                    Token(i) if i < TCP_LISTENER_BASE => self.client_readable(i)?,
+                    Token(i) if i < RELAY_BASE => {
+                        self.streams
+                            .accept(i - TCP_LISTENER_BASE, self.poll.registry(), Instant::now())
+                    }
+                    Token(i) if i < CONN_BASE => self.relay_readable(i - RELAY_BASE),
+                    Token(i) => self.stream_ready(i - CONN_BASE),
                 };
                 if more && !self.again.contains(&token) {
                     self.again.push(token);
@@ -252,10 +278,79 @@ impl Worker {
             self.next_reservation_sweep = now + RESERVATION_SWEEP;
             self.reservations.sweep(now);
         }
+        if now >= self.next_stream_sweep {
+            self.next_stream_sweep = now + STREAM_SWEEP;
+            let server = &self.server;
+            let idle = self
+                .streams
+                .idle(now, |peer| server.has_client(peer, Transport::Tcp));
+            for key in idle {
+                self.close_stream(key, Gone::Idle);
+            }
+        }
         self.run_commands(0, now);
         self.load_snapshots();
         self.forward_events();
         self.publish();
+    }
+
+    /// Reads, handles and writes what TCP connection `key` has; true if more may wait.
+    fn stream_ready(&mut self, key: usize) -> bool {
+        if let Err(why) = self.streams.flush(key, self.poll.registry()) {
+            self.close_stream(key, why);
+            return false;
+        }
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let now = Instant::now();
+            let more = match self.streams.read(key, now) {
+                Ok(more) => more,
+                Err(why) => {
+                    self.close_stream(key, why);
+                    return false;
+                }
+            };
+            if let Err(why) = self.stream_frames(key, now) {
+                self.close_stream(key, why);
+                return false;
+            }
+            if !more {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands every complete frame of connection `key` to the server.
+    fn stream_frames(&mut self, key: usize, now: Instant) -> Result<(), Gone> {
+        let unix = callbox_core::time::unix_now();
+        loop {
+            let Some((peer, frame)) = self.streams.next_frame(key)? else {
+                return Ok(());
+            };
+            match self
+                .server
+                .handle_client_message(peer, Transport::Tcp, frame, now, unix, &mut self.reply)
+            {
+                ClientAction::None => {}
+                ClientAction::Reply => self.streams.send_to(peer, &self.reply, self.poll.registry()),
+                ClientAction::Relay { id, peer, payload } => {
+                    if let Some(&slot) = self.relay_by_id.get(&id)
+                        && self.relays[slot].sock.send_to(payload, peer).is_err()
+                    {
+                        self.counters.send_drops += 1;
+                    }
+                }
+            }
+            self.run_commands(0, now);
+        }
+    }
+
+    /// Closes a TCP connection and, with it, its client's allocation.
+    fn close_stream(&mut self, key: usize, why: Gone) {
+        if let Some(peer) = self.streams.close(key, why, self.poll.registry()) {
+            self.server.client_gone(peer, Transport::Tcp);
+            self.run_commands(0, Instant::now());
+        }
     }
 
     /// Installs the credentials and policy snapshots if they changed since last time.
@@ -276,7 +371,9 @@ impl Worker {
         &self.metrics.workers[self.index]
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.counters.streams = self.streams.counters;
+        self.counters.streams_open = self.streams.open() as u64;
         self.slot().publish(
             self.server.stats(),
             self.server.allocation_count(),
@@ -414,13 +511,27 @@ impl Worker {
                 }
                 let len = self.peer_rx.len(i);
                 let buf = self.peer_rx.buffer_mut(i);
-                if let PeerAction::ToClient {
-                    client, start, end, ..
-                } = self.server.handle_peer_packet(id, from, buf, head, len, now)
-                {
-                    // SAFETY: the slice points into `peer_rx`, which is not written again
-                    // before the flush below.
-                    unsafe { self.to_client.push(client, &self.peer_rx.buffer(i)[start..end]) };
+                match self.server.handle_peer_packet(id, from, buf, head, len, now) {
+                    PeerAction::ToClient {
+                        client,
+                        transport: Transport::Udp,
+                        start,
+                        end,
+                    } => {
+                        // SAFETY: the slice points into `peer_rx`, which is not written
+                        // again before the flush below.
+                        unsafe { self.to_client.push(client, &self.peer_rx.buffer(i)[start..end]) };
+                    }
+                    PeerAction::ToClient {
+                        client, start, end, ..
+                    } => {
+                        self.streams.send_to(
+                            client,
+                            &self.peer_rx.buffer(i)[start..end],
+                            self.poll.registry(),
+                        );
+                    }
+                    PeerAction::Drop => {}
                 }
             }
             if !self.to_client.is_empty() {
@@ -472,10 +583,17 @@ impl Worker {
                         let _ = self.poll.registry().deregister(&mut relay.sock);
                     }
                 }
-                Command::SendToClient { to, bytes, .. } => {
+                Command::SendToClient {
+                    to,
+                    transport: Transport::Udp,
+                    bytes,
+                } => {
                     if self.listeners[li].send_to(&bytes, to).is_err() {
                         self.counters.send_drops += 1;
                     }
+                }
+                Command::SendToClient { to, bytes, .. } => {
+                    self.streams.send_to(to, &bytes, self.poll.registry());
                 }
             }
         }

@@ -68,9 +68,16 @@ fn start() -> Relay {
             ipv6_prefix: 64,
             header_timeout: Duration::from_secs(5),
         },
+        streams: callbox_turn::StreamSettings::default(),
     };
-    let (role, events) =
-        TurnRole::new(settings, listeners, [7; 32], Arc::new(MetricsRegistry::new())).unwrap();
+    let (role, events) = TurnRole::new(
+        settings,
+        listeners,
+        callbox_turn::TcpListeners::none(),
+        [7; 32],
+        Arc::new(MetricsRegistry::new()),
+    )
+    .unwrap();
     let control = role.control();
     let metrics = role.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

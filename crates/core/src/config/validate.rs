@@ -65,12 +65,26 @@ impl Config {
         }
         for (key, v) in [
             ("turn.http_max_connections", t.http_max_connections as u64),
+            ("turn.tcp_max_connections", t.tcp_max_connections as u64),
+            (
+                "turn.tcp_max_connections_per_address",
+                t.tcp_max_connections_per_address as u64,
+            ),
+            ("turn.tcp_idle_timeout_ms", t.tcp_idle_timeout_ms),
             ("turn.reservation_lifetime", t.reservation_lifetime),
             ("turn.max_reservations", t.max_reservations as u64),
         ] {
             if v == 0 {
                 p.push((key.into(), "must be at least 1".into()));
             }
+        }
+        // One largest STUN message (and its header) must fit, or a client could never be
+        // answered.
+        if t.tcp_send_buffer_bytes < 65_536 + 20 {
+            p.push((
+                "turn.tcp_send_buffer_bytes".into(),
+                "must be at least 65556 (one largest STUN message)".into(),
+            ));
         }
         if t.unauthenticated_rate > 0 && t.unauthenticated_burst == 0 {
             p.push((

@@ -19,6 +19,11 @@ impl Server {
         existed
     }
 
+    /// Whether `client` over `transport` has an allocation (or an Allocate in progress).
+    pub fn has_client(&self, client: SocketAddr, transport: Transport) -> bool {
+        self.by_client.contains_key(&(client, transport))
+    }
+
     /// The stream (TCP, TLS) of `client` closed: its allocation ends at once, and an
     /// Allocate still waiting for its relay socket is dropped (the socket is closed when it
     /// arrives). Returns whether there was either.
