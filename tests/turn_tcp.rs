@@ -198,7 +198,18 @@ fn bad_streams_are_closed_and_counted_and_others_keep_going() {
 fn connections_per_address_are_capped() {
     let server = CallboxProcess::start(BIN, &config("tcp_max_connections_per_address = 3\n"));
     let addr = server.udp_v4();
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Each held connection is answered before the next is opened: SO_REUSEPORT hands
+    // connections to different workers, which accept in their own time, so without this
+    // a loaded machine may accept the fourth before one of the three.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&binding_request()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(read_exact_or_eof(&mut s, 20).len(), 20, "a held one is answered");
+            s
+        })
+        .collect();
     let mut extra = TcpStream::connect(addr).unwrap();
     assert!(
         closed_within(&mut extra, Duration::from_secs(3)),
