@@ -100,14 +100,17 @@ fn uclient_relays_through_us_over_tcp_without_loss() {
         assert_eq!(test_support::uclient_lost_packets(&out), Some(0), "{out}");
         assert_eq!(sent_and_received(&out), (800, 800), "{out}");
     }
-    assert!(tcp_metric(&server, "callbox_turn_tcp_accepted_total") >= 8.0);
+    assert!(tcp_metric(&server, "callbox_turn_tcp_accepted_total{transport=\"tcp\"}") >= 8.0);
     // uclient's connections are gone, and their allocations with them.
     let deadline = Instant::now() + Duration::from_secs(5);
     while tcp_metric(&server, "callbox_turn_allocations") > 0.0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(tcp_metric(&server, "callbox_turn_allocations"), 0.0);
-    assert_eq!(tcp_metric(&server, "callbox_turn_tcp_connections"), 0.0);
+    assert_eq!(
+        tcp_metric(&server, "callbox_turn_tcp_connections{transport=\"tcp\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -186,7 +189,7 @@ fn bad_streams_are_closed_and_counted_and_others_keep_going() {
     let closed = |reason: &str| {
         metric(
             &body,
-            &format!("callbox_turn_tcp_closed_total{{reason=\"{reason}\"}}"),
+            &format!("callbox_turn_tcp_closed_total{{transport=\"tcp\",reason=\"{reason}\"}}"),
         )
         .unwrap_or(0.0)
     };
@@ -227,7 +230,12 @@ fn connections_per_address_are_capped() {
         }
         assert!(Instant::now() < deadline, "a slot came back");
     }
-    assert!(tcp_metric(&server, "callbox_turn_tcp_closed_total{reason=\"cap\"}") >= 1.0);
+    assert!(
+        tcp_metric(
+            &server,
+            "callbox_turn_tcp_closed_total{transport=\"tcp\",reason=\"cap\"}"
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -235,5 +243,8 @@ fn tcp_can_be_turned_off() {
     let server = CallboxProcess::start(BIN, &config("tcp = false\n"));
     assert!(TcpStream::connect(server.udp_v4()).is_err(), "no TCP listener");
     let (_, body) = server.http_get("/metrics");
-    assert_eq!(metric(&body, "callbox_turn_tcp_connections"), Some(0.0));
+    assert_eq!(
+        metric(&body, "callbox_turn_tcp_connections{transport=\"tcp\"}"),
+        Some(0.0)
+    );
 }

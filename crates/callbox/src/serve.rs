@@ -18,6 +18,7 @@ use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_sto
 use crate::history::{HistorySink, HistoryWriter, allocation_row, session_row};
 use crate::role::Role;
 use crate::settings::Loaded;
+use crate::tls::Tls;
 
 /// `auth.static_users` as long-term keys for the realm.
 fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
@@ -30,7 +31,44 @@ fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
         .collect()
 }
 
-fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints {
+/// What `turns:` URLs advertise: the TURN/TLS ports (`turn.tls_listen`, then the one TLS
+/// port's) and the name the certificate is valid for.
+#[derive(Debug, Clone, Default)]
+struct TurnsUrls {
+    ports: Vec<u16>,
+    host: Option<String>,
+}
+
+impl TurnsUrls {
+    fn new(addrs: impl IntoIterator<Item = SocketAddr>, host: Option<String>) -> Self {
+        let mut ports: Vec<u16> = Vec::new();
+        for a in addrs {
+            if !ports.contains(&a.port()) {
+                ports.push(a.port());
+            }
+        }
+        Self { ports, host }
+    }
+
+    /// From configuration alone (`callbox credentials`, where nothing is bound).
+    fn configured(config: &Config) -> Self {
+        let t = &config.tls;
+        let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+            return Self::default();
+        };
+        let name = callbox_tls::LoadedCert::from_files(cert, key)
+            .ok()
+            .and_then(|c| c.dns_names.first().cloned());
+        let addrs = config
+            .turn
+            .tls_listen_addrs(t)
+            .into_iter()
+            .chain(t.listen_addrs());
+        Self::new(addrs, config.turn.public_host.clone().or(name))
+    }
+}
+
+fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16, turns: TurnsUrls) -> TurnEndpoints {
     TurnEndpoints {
         host: config
             .turn
@@ -40,7 +78,8 @@ fn endpoints(config: &Config, advertise: IpAddr, udp_port: u16) -> TurnEndpoints
         udp_port: Some(udp_port),
         // TCP listens on the UDP listeners' ports.
         tcp_port: config.turn.tcp.then_some(udp_port),
-        tls_port: None,
+        tls_ports: turns.ports,
+        tls_host: turns.host,
     }
 }
 
@@ -61,6 +100,7 @@ pub fn credentials(loaded: &Loaded, user: &str, ttl: Option<u64>) -> anyhow::Res
             &loaded.config,
             callbox_turn::advertised_ipv4(&loaded.config),
             port,
+            TurnsUrls::configured(&loaded.config),
         ),
         &secrets,
         user,
@@ -101,6 +141,7 @@ struct TurnBound {
     events: tokio::sync::mpsc::Receiver<callbox_turn::AllocationEvent>,
     http: Option<tokio::net::TcpListener>,
     udp: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
     advertise: IpAddr,
     workers: usize,
 }
@@ -109,6 +150,7 @@ async fn bind_turn(
     config: &Config,
     credentials: Credentials,
     registry: &Arc<MetricsRegistry>,
+    tls: Option<&Tls>,
 ) -> anyhow::Result<TurnBound> {
     let t = &config.turn;
     let workers = callbox_turn::workers(config);
@@ -128,14 +170,28 @@ async fn bind_turn(
         }
     }
     anyhow::ensure!(!udp_parts.is_empty(), "no TURN listener could be bound");
+    let tls_listen = t.tls_listen_addrs(&config.tls);
+    for (i, addr) in tls_listen.iter().enumerate() {
+        match TcpListeners::bind_tls(&[*addr], workers) {
+            Ok(l) => tcp_parts.push(l),
+            Err(e) if addr.is_ipv6() && t.tls_listen.is_none() => {
+                tracing::warn!(%addr, error = %e, "IPv6 TURN/TLS listener not available; continuing without it");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding turn.tls_listen.{i} {addr}")),
+        }
+    }
     let udp = UdpListeners::merge(udp_parts);
     let tcp = TcpListeners::merge(tcp_parts);
+    let tls_addrs = tcp.local_addrs(callbox_turn::Transport::Tls);
     let addrs = udp.local_addrs().to_vec();
     let http = match t.http_listen {
         Some(a) => Some(bind_tcp("turn.http_listen", a).await?),
         None => None,
     };
-    let settings = TurnSettings::from_config(config, &addrs, credentials);
+    // The relay must not be pointed at any of its own listeners.
+    let own: Vec<SocketAddr> = addrs.iter().chain(&tls_addrs).copied().collect();
+    let mut settings = TurnSettings::from_config(config, &own, credentials);
+    settings.streams.tls = tls.map(|t| t.turn(registry));
     let advertise = settings.advertised_ipv4();
     let (role, events) = TurnRole::new(settings, udp, tcp, rand::random(), Arc::clone(registry))
         .context("starting the turn role")?;
@@ -144,6 +200,7 @@ async fn bind_turn(
         events,
         http,
         udp: addrs,
+        tls: tls_addrs,
         advertise,
         workers,
     })
@@ -173,11 +230,11 @@ fn bind_listener(
 
 /// The ICE URLs the signal role hands out: this process's turn listeners when the turn
 /// role runs here, else `signal.turn_urls` and `signal.stun_urls`.
-fn ice_urls(config: &Config, turn: Option<&TurnBound>) -> (Vec<String>, Vec<String>) {
+fn ice_urls(config: &Config, turn: Option<&TurnBound>, turns: TurnsUrls) -> (Vec<String>, Vec<String>) {
     match turn {
         Some(tb) => {
             let port = tb.udp.first().map_or(3478, |a| a.port());
-            let ep = endpoints(config, tb.advertise, port);
+            let ep = endpoints(config, tb.advertise, port, turns);
             (ep.stun_urls(), ep.turn_urls())
         }
         None => (config.signal.stun_urls.clone(), config.signal.turn_urls.clone()),
@@ -212,6 +269,73 @@ async fn bind_tcp(key: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::Tcp
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {key} {addr}"))
+}
+
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The signal role's TLS listeners, bound.
+#[derive(Debug, Default)]
+struct TlsListeners {
+    listeners: Vec<callbox_signal::TlsListener>,
+    one_port_addrs: Vec<SocketAddr>,
+}
+
+/// Binds `signal.tls_listen` (HTTPS and WSS) and the one TLS port (`tls.listen`), whose
+/// TURN connections go to `turn` when the turn role runs in this process.
+async fn bind_tls_listeners(
+    config: &Config,
+    tls: &Tls,
+    turn: Option<callbox_turn::TurnControl>,
+    registry: &Arc<MetricsRegistry>,
+) -> anyhow::Result<TlsListeners> {
+    let sg = &config.signal;
+    let mut out = TlsListeners::default();
+    if let Some(addr) = sg.tls_listen {
+        let listener = bind_tcp("signal.tls_listen", addr).await?;
+        // The same caps as `signal.listen`, counted apart.
+        let limits = callbox_http::ConnectionLimits::new(http_limits(
+            sg.max_connections,
+            sg.max_connections_per_address,
+            sg.ipv6_prefix_len,
+            sg.header_timeout_ms,
+        ));
+        out.listeners.push(callbox_signal::TlsListener {
+            listener,
+            metrics: callbox_http::ListenerMetrics::register(registry, "signal_tls", Arc::clone(&limits)),
+            limits,
+            tls: tls.https(registry),
+        });
+    }
+    let t = &config.tls;
+    let limits = callbox_http::ConnectionLimits::new(http_limits(
+        t.max_connections,
+        t.max_connections_per_address,
+        sg.ipv6_prefix_len,
+        sg.header_timeout_ms,
+    ));
+    let serve = tls.one_port(turn, registry);
+    let metrics = callbox_http::ListenerMetrics::register(registry, "tls", Arc::clone(&limits));
+    for (i, addr) in t.listen_addrs().into_iter().enumerate() {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // The default listens on [::] too; a host without IPv6 runs on IPv4.
+            Err(e) if addr.is_ipv6() && t.listen.is_none() => {
+                tracing::warn!(%addr, error = %e, "IPv6 TLS listener not available; continuing without it");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding tls.listen.{i} {addr}")),
+        };
+        out.one_port_addrs.extend(listener.local_addr().ok());
+        out.listeners.push(callbox_signal::TlsListener {
+            listener,
+            tls: serve.clone(),
+            limits: Arc::clone(&limits),
+            metrics: Arc::clone(&metrics),
+        });
+    }
+    Ok(out)
 }
 
 fn local_addr(l: &tokio::net::TcpListener) -> String {
@@ -311,14 +435,30 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
 
     // One registry for the process: every role's /metrics serves all of it.
     let registry = Arc::new(MetricsRegistry::new());
+    let tls = Tls::open(config, &registry)?;
     // Bind everything before running anything, so a bad address fails the start.
     let turn = match run_turn {
-        true => Some(bind_turn(config, access.credentials(&snapshot, secrets.clone()), &registry).await?),
+        true => Some(
+            bind_turn(
+                config,
+                access.credentials(&snapshot, secrets.clone()),
+                &registry,
+                tls.as_ref(),
+            )
+            .await?,
+        ),
         false => None,
     };
     let signal_listener = match run_signal {
         true => Some(bind_tcp("signal.listen", config.signal.listen).await?),
         false => None,
+    };
+    let tls_listeners = match (&tls, run_signal) {
+        (Some(tls), true) => {
+            let turn_control = turn.as_ref().map(|tb| tb.role.control());
+            bind_tls_listeners(config, tls, turn_control, &registry).await?
+        }
+        _ => TlsListeners::default(),
     };
     let admin_listener = match run_admin {
         true => Some(bind_tcp("admin.listen", config.admin.listen).await?),
@@ -332,7 +472,20 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
 
     let shutdown = Shutdown::on_signals();
     let mut running = Running::default();
-    let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref());
+    let turns = TurnsUrls::new(
+        turn.iter().flat_map(|tb| tb.tls.iter().copied()).chain(
+            tls_listeners
+                .one_port_addrs
+                .iter()
+                .copied()
+                .filter(|_| turn.is_some()),
+        ),
+        tls.as_ref().and_then(|t| t.turns_host(config)),
+    );
+    let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref(), turns);
+    if let Some(tls) = &tls {
+        tls.spawn_reload(Duration::from_millis(config.tls.reload_interval_ms));
+    }
     if let Some(tb) = turn {
         start_turn(tb, &mut access, &history, &shutdown, &mut running).await;
     }
@@ -360,7 +513,18 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         }
         access.signal = Some(control);
         running.ready.push(("signal", local_addr(&listener)));
-        running.role("signal", role.run(listener, shutdown.wait()));
+        if let Some(l) = tls_listeners.listeners.iter().find(|l| l.tls.stun.is_none()) {
+            running.ready.push(("signal_tls", local_addr(&l.listener)));
+        }
+        if !tls_listeners.one_port_addrs.is_empty() {
+            running
+                .ready
+                .push(("tls", join_addrs(&tls_listeners.one_port_addrs)));
+        }
+        running.role(
+            "signal",
+            role.run(listener, tls_listeners.listeners, shutdown.wait()),
+        );
     }
     if let (Some(listener), Some(st)) = (admin_listener, &store) {
         ensure_admin_token(st, &loaded.state_dir)?;
@@ -459,10 +623,10 @@ async fn start_turn(
         history.clone(),
         "allocation",
     ));
-    running.ready.push((
-        "udp",
-        tb.udp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
-    ));
+    running.ready.push(("udp", join_addrs(&tb.udp)));
+    if !tb.tls.is_empty() {
+        running.ready.push(("turn_tls", join_addrs(&tb.tls)));
+    }
     running
         .ready
         .push(("http", tb.http.as_ref().map_or("-".into(), local_addr)));

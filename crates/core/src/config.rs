@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -26,6 +27,7 @@ pub struct Config {
     pub turn: Turn,
     pub signal: Signal,
     pub admin: Admin,
+    pub tls: Tls,
 }
 
 /// Process-wide settings.
@@ -115,6 +117,11 @@ pub struct Turn {
     pub listen: Vec<SocketAddr>,
     /// STUN and TURN over TCP beside each UDP listener (RFC 8656 section 12).
     pub tcp: bool,
+    /// Listeners for STUN and TURN over TLS (RFC 8656 section 12, RFC 7443). Default when
+    /// a certificate is configured (`tls.cert_file`): `["0.0.0.0:5349", "[::]:5349"]`;
+    /// none without one. `[]` turns them off. They share the `tcp_*` caps and timeouts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<Vec<SocketAddr>>,
     /// TCP connections the relay holds at once, and per client address (IPv6 by
     /// `ipv6_prefix_len`); past them a new connection is closed at accept.
     pub tcp_max_connections: usize,
@@ -208,6 +215,7 @@ impl Default for Turn {
             http_max_connections: 64,
             http_header_timeout_ms: 5000,
             tcp: true,
+            tls_listen: None,
             tcp_max_connections: 4096,
             tcp_max_connections_per_address: 64,
             tcp_idle_timeout_ms: 30_000,
@@ -259,6 +267,11 @@ pub struct ApiKey {
 pub struct Signal {
     /// HTTP and WebSocket listener.
     pub listen: SocketAddr,
+    /// An HTTPS and WSS listener beside `listen`, with the certificate of `tls.cert_file`
+    /// (the one TLS port, `tls.listen`, serves the same and TURN too). Shares the caps
+    /// and limits of `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
     /// Who may open `/v1/signal`: `open` or `jwt`.
     pub auth: SignalAuth,
     /// Who may call `/v1/ice-servers`: `open`, `api-key` or `jwt`.
@@ -309,6 +322,7 @@ impl Default for Signal {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("literal"),
+            tls_listen: None,
             auth: SignalAuth::Open,
             ice_auth: IceAuth::Open,
             jwt_secret: None,
@@ -372,6 +386,88 @@ impl Default for Admin {
             max_connections: 128,
             max_connections_per_address: 32,
             header_timeout_ms: 5000,
+        }
+    }
+}
+
+/// TLS: the certificate every TLS listener presents, and the one TLS port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The certificate chain (leaf first) in PEM, e.g. a `fullchain.pem`. Reloaded when
+    /// the file changes (`reload_interval_ms`) and on SIGHUP.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key in PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// The one TLS port: TLS ends here, then each connection goes to TURN or to HTTP (the
+    /// call page, `/v1/signal`, `/v1/ice-servers`) by ALPN, else by its first bytes.
+    /// Default when a certificate is configured: `["0.0.0.0:443", "[::]:443"]`; `[]` turns
+    /// it off. Runs with the signal role (TURN connections go to the turn role when it runs
+    /// in the same process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Milliseconds a TLS handshake may take from accept, on every TLS listener.
+    pub handshake_timeout_ms: u64,
+    /// TLS handshakes in flight at once across every TLS listener; past it a new
+    /// connection is closed at accept.
+    pub max_handshakes: usize,
+    /// Milliseconds between checks of the certificate files for a change; 0 checks only on
+    /// SIGHUP.
+    pub reload_interval_ms: u64,
+    /// TCP connections the one TLS port holds at once, and per client address (IPv6 by
+    /// `signal.ipv6_prefix_len`). A connection handed to TURN stays counted here.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            listen: None,
+            handshake_timeout_ms: 10_000,
+            max_handshakes: 256,
+            reload_interval_ms: 5_000,
+            max_connections: 4096,
+            max_connections_per_address: 64,
+        }
+    }
+}
+
+impl Tls {
+    /// Whether a certificate is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The one TLS port's addresses in force (defaults applied).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        match (&self.listen, self.enabled()) {
+            (Some(l), true) => l.clone(),
+            (None, true) => vec![
+                "0.0.0.0:443".parse().expect("literal"),
+                "[::]:443".parse().expect("literal"),
+            ],
+            (_, false) => vec![],
+        }
+    }
+}
+
+impl Turn {
+    /// The TURN/TLS listeners in force (defaults applied; none without a certificate).
+    pub fn tls_listen_addrs(&self, tls: &Tls) -> Vec<SocketAddr> {
+        match (&self.tls_listen, tls.enabled()) {
+            (Some(l), true) => l.clone(),
+            (None, true) => vec![
+                "0.0.0.0:5349".parse().expect("literal"),
+                "[::]:5349".parse().expect("literal"),
+            ],
+            (_, false) => vec![],
         }
     }
 }

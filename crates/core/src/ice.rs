@@ -34,7 +34,11 @@ pub struct TurnEndpoints {
     pub host: String,
     pub udp_port: Option<u16>,
     pub tcp_port: Option<u16>,
-    pub tls_port: Option<u16>,
+    /// TURN over TLS: `turn.tls_listen`'s ports, then the one TLS port's.
+    pub tls_ports: Vec<u16>,
+    /// The name in `turns:` URLs (a certificate is valid for names, rarely for addresses):
+    /// `turn.public_host`, else the certificate's first DNS name, else `host`.
+    pub tls_host: Option<String>,
 }
 
 fn host_part(host: &str) -> String {
@@ -64,8 +68,9 @@ impl TurnEndpoints {
         if let Some(p) = self.tcp_port {
             v.push(format!("turn:{h}:{p}?transport=tcp"));
         }
-        if let Some(p) = self.tls_port {
-            v.push(format!("turns:{h}:{p}?transport=tcp"));
+        let tls_host = self.tls_host.as_deref().map_or_else(|| h.clone(), host_part);
+        for p in &self.tls_ports {
+            v.push(format!("turns:{tls_host}:{p}?transport=tcp"));
         }
         v
     }
@@ -131,7 +136,8 @@ mod tests {
             host: "turn.example.com".into(),
             udp_port: Some(3478),
             tcp_port: None,
-            tls_port: None,
+            tls_ports: vec![],
+            tls_host: None,
         };
         let set = SecretSet::new(vec![Secret::new("s")]).unwrap();
         let list = build(&ep, &set, "alice", 1_795_216_866, 86_400);
@@ -153,5 +159,27 @@ mod tests {
             ..ep
         };
         assert_eq!(v6.stun_urls()[0], "stun:[2001:db8::1]:3478");
+    }
+
+    #[test]
+    fn every_transport_in_the_order_to_try_with_the_certificate_name_for_tls() {
+        let ep = TurnEndpoints {
+            host: "192.0.2.7".into(),
+            udp_port: Some(3478),
+            tcp_port: Some(3478),
+            tls_ports: vec![5349, 443],
+            tls_host: Some("turn.example.com".into()),
+        };
+        assert_eq!(
+            ep.turn_urls(),
+            [
+                "turn:192.0.2.7:3478?transport=udp",
+                "turn:192.0.2.7:3478?transport=tcp",
+                "turns:turn.example.com:5349?transport=tcp",
+                "turns:turn.example.com:443?transport=tcp",
+            ]
+        );
+        let no_name = TurnEndpoints { tls_host: None, ..ep };
+        assert_eq!(no_name.turn_urls()[2], "turns:192.0.2.7:5349?transport=tcp");
     }
 }

@@ -25,6 +25,11 @@ impl CountedStream {
             _permit: permit,
         }
     }
+
+    /// The socket and its permit apart (a connection moving to another owner keeps both).
+    pub(crate) fn into_parts(self) -> (TcpStream, Permit) {
+        (self.inner, self._permit)
+    }
 }
 
 impl AsyncRead for CountedStream {

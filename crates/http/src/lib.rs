@@ -21,8 +21,10 @@ mod counted;
 mod limits;
 mod metrics;
 mod serve;
+mod tls;
 
 pub use bearer::bearer;
 pub use limits::{ConnectionLimits, Limits, Permit, Refusal};
 pub use metrics::ListenerMetrics;
 pub use serve::serve;
+pub use tls::{StunHandoff, TlsHandoff, TlsServe, serve_tls};

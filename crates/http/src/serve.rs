@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -93,9 +94,116 @@ pub async fn serve(
     metrics: Arc<ListenerMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    accept_loop(
+        listener,
+        router,
+        limits,
+        metrics,
+        shutdown,
+        |stream, remote, conn| {
+            tokio::spawn(conn.serve(stream, remote, Protocol::Http1));
+        },
+    )
+    .await
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1, with upgrades (WebSocket).
+    Http1,
+    /// HTTP/2 (agreed by ALPN).
+    H2,
+}
+
+/// What serving one accepted connection needs: the router, the listener's counters and
+/// the shutdown handshake with the accept loop (it waits until every `done` is dropped).
+#[derive(Clone)]
+pub(crate) struct ConnContext {
+    router: Router,
+    metrics: Arc<ListenerMetrics>,
+    pub(crate) header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    done: watch::Receiver<()>,
+}
+
+impl ConnContext {
+    /// Counts a connection that did not send its first bytes within the header timeout.
+    pub(crate) fn count_header_timeout(&self) {
+        self.metrics.header_timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Serves HTTP on `io` until the client is done or the listener shuts down (then the
+    /// request in progress finishes first).
+    pub(crate) async fn serve<I>(self, io: I, remote: SocketAddr, protocol: Protocol)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, req).await }
+        });
+        let mut stop = self.stop;
+        let io = TokioIo::new(io);
+        let result = match protocol {
+            Protocol::Http1 => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(self.header_timeout)
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => break r,
+                        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                    }
+                }
+            }
+            Protocol::H2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service);
+                tokio::pin!(conn);
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => break r,
+                        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                    }
+                }
+            }
+        };
+        if let Err(e) = result
+            && e.is_timeout()
+        {
+            self.metrics.header_timeouts.fetch_add(1, Relaxed);
+        }
+        drop(self.done);
+    }
+}
+
+/// Accepts until `shutdown`, admits each connection under `limits` (refusing past a cap),
+/// and gives it to `on_conn` with a [`ConnContext`]; then waits for every connection's
+/// context to be dropped.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: Arc<ConnectionLimits>,
+    metrics: Arc<ListenerMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_conn: impl Fn(CountedStream, SocketAddr, ConnContext),
+) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(());
-    let header_timeout = limits.limits().header_timeout;
+    let context = ConnContext {
+        router,
+        metrics: Arc::clone(&metrics),
+        header_timeout: limits.limits().header_timeout,
+        stop: stop_rx,
+        done: done_rx,
+    };
     let mut last_error_log: Option<Instant> = None;
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     tokio::pin!(shutdown);
@@ -129,40 +237,11 @@ pub async fn serve(
         // Signaling is small messages both ways: Nagle's algorithm would hold each one
         // back until the previous is acknowledged (40 ms with delayed ACKs).
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(CountedStream::new(stream, permit));
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            let mut router = router.clone();
-            async move { tower_service::Service::call(&mut router, req).await }
-        });
-        let mut stop = stop_rx.clone();
-        let done = done_rx.clone();
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-                }
-            };
-            if let Err(e) = result
-                && e.is_timeout()
-            {
-                metrics.header_timeouts.fetch_add(1, Relaxed);
-            }
-            drop(done);
-        });
+        on_conn(CountedStream::new(stream, permit), remote, context.clone());
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    drop(done_rx);
+    drop(context);
     done_tx.closed().await;
     Ok(())
 }

@@ -28,7 +28,7 @@ pub use crate::error::{Refusal, RefusalCode};
 pub use crate::hub::{Hub, PeerInfo, RoomInfo, SessionRecord};
 pub use crate::ice_endpoint::{IceSource, MAX_BODY_BYTES, body_params};
 pub use crate::limits::HttpLimiter;
-pub use crate::role::{AppState, SignalControl, SignalRole, router, state};
+pub use crate::role::{AppState, SignalControl, SignalRole, TlsListener, router, state};
 
 /// Capacity of the session history channel: minutes of churn at a busy edge, while a
 /// bounded queue keeps a stalled (or absent) consumer from growing memory without end.

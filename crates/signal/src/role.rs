@@ -264,12 +264,13 @@ impl SignalRole {
             app: Arc::clone(&self.app),
         }
     }
-    /// Serves `listener` until `shutdown`, then drains: `/readyz` and new requests get 503,
-    /// open connections get 4012, and the role returns when they are gone or after
-    /// `signal.drain_seconds`.
+    /// Serves `listener` (HTTP) and `tls` (HTTPS, and the one TLS port) until `shutdown`,
+    /// then drains: `/readyz` and new requests get 503, open connections get 4012, and the
+    /// role returns when they are gone or after `signal.drain_seconds`.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
+        tls: Vec<TlsListener>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = Arc::clone(&self.app);
@@ -281,7 +282,7 @@ impl SignalRole {
                 hub.tick(Instant::now());
             }
         });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let drain_app = Arc::clone(&app);
         let drain = async move {
             shutdown.await;
@@ -300,17 +301,46 @@ impl SignalRole {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
             tokio::time::sleep(linger).await;
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
         };
         tokio::spawn(drain);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let routes = router(app.clone());
+        let mut tls_tasks = Vec::new();
+        for t in tls {
+            tls_tasks.push(tokio::spawn(callbox_http::serve_tls(
+                t.listener,
+                routes.clone(),
+                t.limits,
+                t.metrics,
+                t.tls,
+                stopped(),
+            )));
+        }
         let connections = Arc::clone(&app.connections);
         let listener_metrics = Arc::clone(&app.listener_metrics);
-        let served = callbox_http::serve(listener, router(app), connections, listener_metrics, async move {
-            let _ = stop_rx.await;
-        });
         // Connections still open at the deadline are cut when the process exits.
-        let r = served.await;
+        let mut r = callbox_http::serve(listener, routes, connections, listener_metrics, stopped()).await;
+        for task in tls_tasks {
+            let served = task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            r = r.and(served);
+        }
         ticker.abort();
         r
     }
+}
+
+/// A TLS listener the signal role serves its routes on: HTTPS (`signal.tls_listen`) or
+/// the one TLS port (`tls.listen`, which also hands TURN connections on).
+#[derive(Debug)]
+pub struct TlsListener {
+    pub listener: tokio::net::TcpListener,
+    pub tls: callbox_http::TlsServe,
+    pub limits: Arc<callbox_http::ConnectionLimits>,
+    pub metrics: Arc<callbox_http::ListenerMetrics>,
 }

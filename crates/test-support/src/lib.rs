@@ -1,6 +1,7 @@
 //! Helpers for callbox's integration tests: spawn the real binary on ephemeral ports and
 //! talk to it with real sockets. Nothing here mocks the server.
 
+pub mod tls;
 pub mod turn_client;
 pub mod ws;
 
@@ -26,6 +27,12 @@ pub struct CallboxProcess {
     pub signal: Option<SocketAddr>,
     /// Its admin role's listener.
     pub admin: Option<SocketAddr>,
+    /// Its TURN/TLS listeners (`turn.tls_listen`).
+    pub turn_tls: Vec<SocketAddr>,
+    /// Its one TLS port's listeners (`tls.listen`).
+    pub tls: Vec<SocketAddr>,
+    /// Its HTTPS listener (`signal.tls_listen`).
+    pub signal_tls: Option<SocketAddr>,
     pub state_dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
 }
@@ -133,12 +140,18 @@ impl CallboxProcess {
             }
         };
         let field = |name: &str| -> Option<String> {
-            let start = ready.find(&format!("{name}="))? + name.len() + 1;
+            let start = ready.find(&format!(" {name}="))? + name.len() + 2;
             Some(ready[start..].split_whitespace().next()?.to_string())
         };
-        let udp = field("udp")
-            .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
-            .unwrap_or_default();
+        let addrs = |name: &str| -> Vec<SocketAddr> {
+            field(name)
+                .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        let udp = addrs("udp");
+        let turn_tls = addrs("turn_tls");
+        let tls = addrs("tls");
+        let signal_tls = field("signal_tls").and_then(|v| v.parse().ok());
         let http = field("http").and_then(|v| v.parse().ok());
         let signal = field("signal").and_then(|v| v.parse().ok());
         let admin = field("admin").and_then(|v| v.parse().ok());
@@ -148,6 +161,9 @@ impl CallboxProcess {
             http,
             signal,
             admin,
+            turn_tls,
+            tls,
+            signal_tls,
             state_dir,
             log,
         }

@@ -42,7 +42,7 @@ pub use events::{AllocId, AllocationEvent, CloseReason, Traffic, Transport};
 pub use metrics::Metrics;
 pub use reservations::Reservations;
 pub use settings::{advertised_ipv4, workers};
-pub use stream::{StreamSettings, TcpListeners};
+pub use stream::{StreamSettings, TcpListeners, TlsSettings};
 pub use turn_proto::server::{AllocationInfo, Credentials};
 pub use worker::Control;
 use worker::{Worker, WorkerHandle, WorkerParts};
@@ -175,6 +175,16 @@ impl TurnControl {
         }
     }
 
+    /// Hands a TLS connection from the one TLS port (its first bytes were STUN) to a
+    /// worker, which serves it from then on. Workers are picked by the client's port, so
+    /// connections spread over them as SO_REUSEPORT spreads the others.
+    pub fn adopt(&self, conn: callbox_http::TlsHandoff) {
+        let n = self.workers.len().max(1);
+        if let Some(w) = self.workers.get(usize::from(conn.peer.port()) % n) {
+            w.send(Control::Adopt(Box::new(conn)));
+        }
+    }
+
     /// The live allocations of every worker, sorted by id. A worker that does not answer
     /// within [`CONTROL_TIMEOUT`] is left out. Must be called from a tokio runtime.
     pub async fn allocations(&self) -> Vec<AllocationInfo> {
@@ -253,10 +263,11 @@ impl TurnRole {
                 per_worker[i % n].push(s);
             }
         }
-        let mut tcp_per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
-        for group in tcp.sockets {
+        let mut tcp_per_worker: Vec<Vec<(std::net::TcpListener, Transport)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (transport, group) in tcp.sockets {
             for (i, s) in group.into_iter().enumerate() {
-                tcp_per_worker[i % n].push(s);
+                tcp_per_worker[i % n].push((s, transport));
             }
         }
         let mut tcp_per_worker = tcp_per_worker.into_iter();

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge};
+use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge, gauges};
 use prometheus_client::collector::Collector;
 
 use turn_proto::server::{AuthFailure, Quotas, Stats};
@@ -36,12 +36,19 @@ pub struct WorkerSlot {
     send_drops: AtomicU64,
     relay_bind_failures: AtomicU64,
     relay_receive_errors: AtomicU64,
-    tcp_open: AtomicU64,
-    tcp_accepted: AtomicU64,
-    tcp_refused: AtomicU64,
-    tcp_bad_input: AtomicU64,
-    tcp_idle_closed: AtomicU64,
-    tcp_send_drops: AtomicU64,
+    /// TCP (0) and TLS (1) client connections.
+    streams: [StreamSlot; 2],
+}
+
+/// One transport's stream counters in a worker's slot.
+#[derive(Debug, Default)]
+struct StreamSlot {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    bad_input: AtomicU64,
+    idle_closed: AtomicU64,
+    send_drops: AtomicU64,
 }
 
 impl WorkerSlot {
@@ -69,12 +76,14 @@ impl WorkerSlot {
             .store(driver.relay_bind_failures, Relaxed);
         self.relay_receive_errors
             .store(driver.relay_receive_errors, Relaxed);
-        self.tcp_open.store(driver.streams_open, Relaxed);
-        self.tcp_accepted.store(driver.streams.accepted, Relaxed);
-        self.tcp_refused.store(driver.streams.refused, Relaxed);
-        self.tcp_bad_input.store(driver.streams.bad_input, Relaxed);
-        self.tcp_idle_closed.store(driver.streams.idle_closed, Relaxed);
-        self.tcp_send_drops.store(driver.streams.send_drops, Relaxed);
+        for (slot, c) in self.streams.iter().zip(&driver.streams) {
+            slot.open.store(c.open, Relaxed);
+            slot.accepted.store(c.accepted, Relaxed);
+            slot.refused.store(c.refused, Relaxed);
+            slot.bad_input.store(c.bad_input, Relaxed);
+            slot.idle_closed.store(c.idle_closed, Relaxed);
+            slot.send_drops.store(c.send_drops, Relaxed);
+        }
     }
 }
 
@@ -239,33 +248,57 @@ impl Collector for Metrics {
             "Receives on relay sockets that failed (the socket's error was logged, once a second at most).",
             self.sum(|w| &w.relay_receive_errors),
         )?;
-        gauge(
+        // Stream families carry `transport` ("tcp", "tls"): one sample per transport.
+        let per = |f: fn(&StreamSlot) -> &AtomicU64| -> [u64; 2] {
+            [0, 1].map(|t| self.workers.iter().map(|w| f(&w.streams[t]).load(Relaxed)).sum())
+        };
+        const T: [&[(&str, &str)]; 2] = [&[("transport", "tcp")], &[("transport", "tls")]];
+        let open = per(|s| &s.open);
+        gauges(
             enc,
             "callbox_turn_tcp_connections",
-            "Open STUN/TURN client connections over TCP.",
-            signed(self.sum(|w| &w.tcp_open)),
+            "Open STUN/TURN client connections over TCP and TLS.",
+            &[(T[0], signed(open[0])), (T[1], signed(open[1]))],
         )?;
-        counter(
+        let accepted = per(|s| &s.accepted);
+        counters(
             enc,
             "callbox_turn_tcp_accepted",
-            "STUN/TURN client connections accepted over TCP.",
-            self.sum(|w| &w.tcp_accepted),
+            "STUN/TURN client connections accepted over TCP and TLS (TLS: from turn.tls_listen and the one TLS port).",
+            &[(T[0], accepted[0]), (T[1], accepted[1])],
         )?;
+        let closed = [
+            ("cap", per(|s| &s.refused)),
+            ("bad_input", per(|s| &s.bad_input)),
+            ("idle", per(|s| &s.idle_closed)),
+        ];
+        let labels: Vec<[(&str, &str); 2]> = closed
+            .iter()
+            .flat_map(|(r, _)| {
+                [
+                    [("transport", "tcp"), ("reason", *r)],
+                    [("transport", "tls"), ("reason", *r)],
+                ]
+            })
+            .collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = closed
+            .iter()
+            .flat_map(|(_, v)| *v)
+            .zip(&labels)
+            .map(|(v, l)| (&l[..], v))
+            .collect();
         counters(
             enc,
             "callbox_turn_tcp_closed",
-            "TCP client connections closed by the server, by reason: over the per-address or total cap at accept, bytes that are not STUN or ChannelData (or a frame too long), silent past turn.tcp_idle_timeout_ms without an allocation or mid-frame.",
-            &[
-                (&[("reason", "cap")], self.sum(|w| &w.tcp_refused)),
-                (&[("reason", "bad_input")], self.sum(|w| &w.tcp_bad_input)),
-                (&[("reason", "idle")], self.sum(|w| &w.tcp_idle_closed)),
-            ],
+            "TCP and TLS client connections closed by the server, by reason: over the per-address or total cap (or the bound on TLS handshakes in flight) at accept, bytes that are not STUN or ChannelData (or a frame too long, or not TLS, or a failed handshake), silent past turn.tcp_idle_timeout_ms without an allocation or mid-frame (or a TLS handshake past tls.handshake_timeout_ms).",
+            &samples,
         )?;
-        counter(
+        let drops = per(|s| &s.send_drops);
+        counters(
             enc,
             "callbox_turn_tcp_send_drop_bytes",
-            "Bytes for TCP clients dropped because the client's send queue was full.",
-            self.sum(|w| &w.tcp_send_drops),
+            "Bytes for TCP and TLS clients dropped because the client's send queue was full.",
+            &[(T[0], drops[0]), (T[1], drops[1])],
         )?;
         counter(
             enc,

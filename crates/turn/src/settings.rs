@@ -149,6 +149,8 @@ pub(crate) fn stream_settings(config: &Config) -> crate::StreamSettings {
         }),
         idle_timeout: Duration::from_millis(t.tcp_idle_timeout_ms),
         send_buffer: t.tcp_send_buffer_bytes,
+        // The certificate is the binary's to load; it sets this with the TLS listeners.
+        tls: None,
     }
 }
 

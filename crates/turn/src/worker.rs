@@ -52,6 +52,8 @@ pub enum Control {
     List(oneshot::Sender<Vec<AllocationInfo>>),
     /// Close one allocation; answer whether it existed.
     Close(AllocId, oneshot::Sender<bool>),
+    /// Serve a TLS connection from the one TLS port whose first bytes were STUN.
+    Adopt(Box<callbox_http::TlsHandoff>),
 }
 
 /// The other threads' handle on a worker.
@@ -120,8 +122,8 @@ pub(crate) struct DriverCounters {
     pub send_drops: u64,
     pub relay_bind_failures: u64,
     pub relay_receive_errors: u64,
-    pub streams: StreamCounters,
-    pub streams_open: u64,
+    /// TCP (0) and TLS (1) client connections.
+    pub streams: [StreamCounters; 2],
 }
 
 /// Lets a log line through at most once a second: a socket that keeps failing is
@@ -150,7 +152,7 @@ pub(crate) struct WorkerParts {
     pub index: usize,
     pub server: Server,
     pub listeners: Vec<std::net::UdpSocket>,
-    pub tcp_listeners: Vec<std::net::TcpListener>,
+    pub tcp_listeners: Vec<(std::net::TcpListener, Transport)>,
     pub streams: StreamSettings,
     pub port_range: (u16, u16),
     pub stop: Arc<AtomicBool>,
@@ -283,7 +285,7 @@ impl Worker {
             let server = &self.server;
             let idle = self
                 .streams
-                .idle(now, |peer| server.has_client(peer, Transport::Tcp));
+                .idle(now, |peer, transport| server.has_client(peer, transport));
             for key in idle {
                 self.close_stream(key, Gone::Idle);
             }
@@ -302,7 +304,7 @@ impl Worker {
         }
         for _ in 0..MAX_BATCHES_PER_TURN {
             let now = Instant::now();
-            let more = match self.streams.read(key, now) {
+            let more = match self.streams.read(key, now, self.poll.registry()) {
                 Ok(more) => more,
                 Err(why) => {
                     self.close_stream(key, why);
@@ -324,15 +326,18 @@ impl Worker {
     fn stream_frames(&mut self, key: usize, now: Instant) -> Result<(), Gone> {
         let unix = callbox_core::time::unix_now();
         loop {
-            let Some((peer, frame)) = self.streams.next_frame(key)? else {
+            let Some((peer, transport, frame)) = self.streams.next_frame(key)? else {
                 return Ok(());
             };
             match self
                 .server
-                .handle_client_message(peer, Transport::Tcp, frame, now, unix, &mut self.reply)
+                .handle_client_message(peer, transport, frame, now, unix, &mut self.reply)
             {
                 ClientAction::None => {}
-                ClientAction::Reply => self.streams.send_to(peer, &self.reply, self.poll.registry()),
+                ClientAction::Reply => {
+                    self.streams
+                        .send_to(peer, transport, &self.reply, self.poll.registry());
+                }
                 ClientAction::Relay { id, peer, payload } => {
                     if let Some(&slot) = self.relay_by_id.get(&id)
                         && self.relays[slot].sock.send_to(payload, peer).is_err()
@@ -345,10 +350,10 @@ impl Worker {
         }
     }
 
-    /// Closes a TCP connection and, with it, its client's allocation.
+    /// Closes a TCP or TLS connection and, with it, its client's allocation.
     fn close_stream(&mut self, key: usize, why: Gone) {
-        if let Some(peer) = self.streams.close(key, why, self.poll.registry()) {
-            self.server.client_gone(peer, Transport::Tcp);
+        if let Some((peer, transport)) = self.streams.close(key, why, self.poll.registry()) {
+            self.server.client_gone(peer, transport);
             self.run_commands(0, Instant::now());
         }
     }
@@ -372,8 +377,7 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        self.counters.streams = self.streams.counters;
-        self.counters.streams_open = self.streams.open() as u64;
+        self.counters.streams = self.streams.snapshot();
         self.slot().publish(
             self.server.stats(),
             self.server.allocation_count(),
@@ -412,6 +416,14 @@ impl Worker {
                 }
                 Control::Close(id, answer) => {
                     let _ = answer.send(self.server.kick(id));
+                }
+                Control::Adopt(conn) => {
+                    // Its first bytes are in the buffer already, more may wait in rustls.
+                    if let Some(key) = self.streams.adopt(*conn, self.poll.registry(), Instant::now())
+                        && self.stream_ready(key)
+                    {
+                        self.again.push(Token(CONN_BASE + key));
+                    }
                 }
             }
         }
@@ -523,10 +535,14 @@ impl Worker {
                         unsafe { self.to_client.push(client, &self.peer_rx.buffer(i)[start..end]) };
                     }
                     PeerAction::ToClient {
-                        client, start, end, ..
+                        client,
+                        transport,
+                        start,
+                        end,
                     } => {
                         self.streams.send_to(
                             client,
+                            transport,
                             &self.peer_rx.buffer(i)[start..end],
                             self.poll.registry(),
                         );
@@ -592,8 +608,8 @@ impl Worker {
                         self.counters.send_drops += 1;
                     }
                 }
-                Command::SendToClient { to, bytes, .. } => {
-                    self.streams.send_to(to, &bytes, self.poll.registry());
+                Command::SendToClient { to, transport, bytes } => {
+                    self.streams.send_to(to, transport, &bytes, self.poll.registry());
                 }
             }
         }

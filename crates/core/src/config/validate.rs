@@ -103,6 +103,17 @@ impl Config {
             .collect();
         listeners.extend(t.http_listen.map(|a| ("turn.http_listen".to_string(), a)));
         listeners.push(("signal.listen".into(), self.signal.listen));
+        listeners.extend(
+            self.signal
+                .tls_listen
+                .map(|a| ("signal.tls_listen".to_string(), a)),
+        );
+        for (i, a) in t.tls_listen_addrs(&self.tls).into_iter().enumerate() {
+            listeners.push((format!("turn.tls_listen.{i}"), a));
+        }
+        for (i, a) in self.tls.listen_addrs().into_iter().enumerate() {
+            listeners.push((format!("tls.listen.{i}"), a));
+        }
         listeners.push(("admin.listen".into(), self.admin.listen));
         for (key, addr) in listeners {
             if addr.port() != 0 && relay_range.contains(&addr.port()) {
@@ -215,6 +226,43 @@ impl Config {
                         format!("`{u}` is not a {} URL", &name[7..11]),
                     ));
                 }
+            }
+        }
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => p.push(("tls.key_file".into(), "is required with tls.cert_file".into())),
+            (None, Some(_)) => p.push(("tls.cert_file".into(), "is required with tls.key_file".into())),
+            _ => {}
+        }
+        if !tls.enabled() {
+            let asked = [
+                ("tls.listen", tls.listen.as_ref().is_some_and(|l| !l.is_empty())),
+                (
+                    "turn.tls_listen",
+                    t.tls_listen.as_ref().is_some_and(|l| !l.is_empty()),
+                ),
+                ("signal.tls_listen", sg.tls_listen.is_some()),
+            ];
+            for (key, set) in asked {
+                if set {
+                    p.push((
+                        key.into(),
+                        "needs a certificate: set tls.cert_file and tls.key_file".into(),
+                    ));
+                }
+            }
+        }
+        for (key, v) in [
+            ("tls.handshake_timeout_ms", tls.handshake_timeout_ms),
+            ("tls.max_handshakes", tls.max_handshakes as u64),
+            ("tls.max_connections", tls.max_connections as u64),
+            (
+                "tls.max_connections_per_address",
+                tls.max_connections_per_address as u64,
+            ),
+        ] {
+            if v == 0 {
+                p.push((key.into(), "must be at least 1".into()));
             }
         }
         let ad = &self.admin;
