@@ -13,6 +13,7 @@ need turnutils_uclient "apt-get install coturn (its client tools are used by the
 need unshare "apt-get install util-linux"
 need prlimit "apt-get install util-linux (tests start callbox under a soft open-files limit)"
 need ip "apt-get install iproute2"
+need nft "apt-get install nftables (tests/browser/netbed.test.mjs builds NAT routers with it)"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
 [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: apt-get install chromium" >&2; exit 1; }
