@@ -109,6 +109,17 @@ fn uclient_relays_through_us_over_tls_without_loss() {
         .unwrap()
             >= 5.0
     );
+    // History says how the clients came (written in batches: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = server.admin("GET", "/admin/v1/history/allocations", None).json();
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if !items.is_empty() && items.iter().all(|i| i["transport"] == "tls") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,7 @@ pub fn allocation_row(e: AllocationEvent) -> Option<callbox_store::HistoryEvent>
             username,
             client,
             relay,
+            transport,
             at,
             ..
         } => Some(HistoryEvent::Created {
@@ -133,6 +134,7 @@ pub fn allocation_row(e: AllocationEvent) -> Option<callbox_store::HistoryEvent>
             username,
             client: client.to_string(),
             relay: relay.to_string(),
+            transport: transport.as_str().to_string(),
             at,
         }),
         AllocationEvent::Refreshed { .. } => None,

@@ -22,6 +22,7 @@ impl Live for LiveRoles {
                         username: a.username,
                         user: a.user,
                         client: a.client.to_string(),
+                        transport: a.transport.as_str().to_string(),
                         relay: a.relay.to_string(),
                         age_seconds: a.age.as_secs(),
                         expires_in_seconds: a.expires_in.as_secs(),

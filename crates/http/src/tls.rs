@@ -231,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn rewound_reads_its_first_bytes_then_the_rest() {
-        let inner: &[u8] = b"ST / HTTP/1.1\r\n";
+        let inner: &[u8] = b"T / HTTP/1.1\r\n";
         let mut r = Rewound::new(b"GE".to_vec(), inner);
         let mut out = String::new();
         r.read_to_string(&mut out).await.unwrap();

@@ -14,6 +14,8 @@ pub enum HistoryEvent {
         username: String,
         client: String,
         relay: String,
+        /// The client's transport: `udp`, `tcp` or `tls`.
+        transport: String,
         at: UnixSecs,
     },
     Closed {
@@ -34,6 +36,7 @@ pub struct AllocationRecord {
     pub username: String,
     pub client: String,
     pub relay: String,
+    pub transport: String,
     pub started_at: UnixSecs,
     pub ended_at: Option<UnixSecs>,
     pub close_reason: Option<String>,
@@ -91,11 +94,12 @@ impl Store {
                     username,
                     client,
                     relay,
+                    transport,
                     at,
                 } => {
                     tx.execute(
-                        "INSERT INTO allocation_history (alloc_id, username, client, relay, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![alloc_id, username, client, relay, at],
+                        "INSERT INTO allocation_history (alloc_id, username, client, relay, transport, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![alloc_id, username, client, relay, transport, at],
                     )?;
                 }
                 HistoryEvent::Closed {
@@ -139,7 +143,7 @@ impl Store {
     pub fn allocation_history_page(&self, q: &HistoryQuery) -> Result<Vec<AllocationRecord>> {
         let mut st = self.conn.prepare(
             "SELECT alloc_id, username, client, relay, started_at, ended_at, close_reason,
-                    packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client
+                    packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client, transport
              FROM allocation_history WHERE started_at >= ?1 AND started_at < ?2
                  AND (?3 IS NULL OR username = ?3)
              ORDER BY started_at DESC, id DESC LIMIT ?4 OFFSET ?5",
@@ -164,6 +168,7 @@ impl Store {
                 bytes_to_peer: r.get(8)?,
                 packets_to_client: r.get(9)?,
                 bytes_to_client: r.get(10)?,
+                transport: r.get(11)?,
             })
         })
     }

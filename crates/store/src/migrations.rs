@@ -79,6 +79,8 @@ pub const MIGRATIONS: &[&str] = &[
     // releases wrote the relay's Debug names). Other values are left as they are.
     "UPDATE allocation_history SET close_reason = lower(close_reason)
          WHERE close_reason IN ('Deleted', 'Expired', 'Kicked', 'Shutdown');",
+    // 4: the client's transport (udp, tcp, tls); earlier releases relayed over UDP only.
+    "ALTER TABLE allocation_history ADD COLUMN transport TEXT NOT NULL DEFAULT 'udp';",
 ];
 
 /// Creates the version table of a new database (the same statement for [`Store::open`]

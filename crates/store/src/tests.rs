@@ -173,6 +173,7 @@ fn history_in_batches_and_retention() {
             username: "1:alice".into(),
             client: "192.0.2.1:5000".into(),
             relay: "203.0.113.1:50000".into(),
+            transport: "tls".into(),
             at: 100,
         },
         HistoryEvent::Created {
@@ -180,6 +181,7 @@ fn history_in_batches_and_retention() {
             username: "bob".into(),
             client: "192.0.2.2:5000".into(),
             relay: "203.0.113.1:50002".into(),
+            transport: "udp".into(),
             at: 200,
         },
         HistoryEvent::Closed {
@@ -204,6 +206,10 @@ fn history_in_batches_and_retention() {
         ),
         (Some(160), 1000, Some("Deleted"))
     );
+    assert_eq!(
+        (rows[0].transport.as_str(), rows[1].transport.as_str()),
+        ("udp", "tls")
+    );
     assert_eq!(rows[0].ended_at, None, "still open");
     assert_eq!(s.prune_history(150).unwrap(), 1);
     assert_eq!(s.allocation_history(0, 1000, 10).unwrap().len(), 1);
@@ -226,6 +232,7 @@ fn fill_schema(path: &std::path::Path, version: usize) {
         }
         // 3 rewrote close reasons; nothing new to hold.
         3 => "",
+        4 => "INSERT INTO allocation_history (alloc_id, username, client, relay, transport, started_at) VALUES (8, '99:v4', '192.0.2.1:1', '198.51.100.1:2', 'tcp', 11);",
         v => panic!("add the rows schema version {v} holds to fill_schema"),
     };
     Store::execute_raw(path, sql).unwrap();
@@ -255,7 +262,9 @@ fn migrates_a_database_made_by_every_earlier_schema() {
         assert_eq!(s.user_list().unwrap()[0].name, "v1user");
         assert_eq!(s.api_key_list().unwrap()[0].name, "v1key");
         assert_eq!(s.active_bans(20).unwrap()[0].reason, "v1");
-        assert_eq!(s.allocation_history(0, 100, 10).unwrap()[0].alloc_id, 7);
+        let history = s.allocation_history(0, 100, 10).unwrap();
+        let v1 = history.iter().find(|r| r.alloc_id == 7).unwrap();
+        assert_eq!(v1.transport, "udp", "rows from before TCP were UDP");
         assert_eq!(s.audit_log(10).unwrap().last().unwrap().actor, "v1");
         // And the new tables work.
         s.set_admin_token([1; 32], 30, "test").unwrap();
@@ -313,6 +322,7 @@ fn allocation_history_filters_by_user() {
         username: user.into(),
         client: "192.0.2.1:1".into(),
         relay: "198.51.100.1:2".into(),
+        transport: "udp".into(),
         at,
     };
     s.record_history(&[
@@ -435,6 +445,7 @@ fn time_bounds_past_i64_mean_no_end() {
         username: "u".into(),
         client: "192.0.2.1:1".into(),
         relay: "198.51.100.1:2".into(),
+        transport: "udp".into(),
         at: 10,
     }])
     .unwrap();

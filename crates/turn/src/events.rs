@@ -78,9 +78,10 @@ impl AllocationEvent {
                 client,
                 relay,
                 lifetime,
+                transport,
                 ..
             } => {
-                tracing::info!(alloc = id.0, %username, %client, %relay, lifetime = lifetime.as_secs(), "allocation created")
+                tracing::info!(alloc = id.0, %username, %client, transport = transport.as_str(), %relay, lifetime = lifetime.as_secs(), "allocation created")
             }
             AllocationEvent::Refreshed { id, lifetime, .. } => tracing::debug!(
                 alloc = id.0,

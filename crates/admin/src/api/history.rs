@@ -86,6 +86,8 @@ pub struct AllocationRecordView {
     pub username: String,
     pub client: String,
     pub relay: String,
+    /// The client's transport: `udp`, `tcp` or `tls`.
+    pub transport: String,
     pub started_at: u64,
     /// Absent while the allocation runs (or when the process stopped without closing it).
     pub ended_at: Option<u64>,
@@ -121,6 +123,7 @@ pub(super) async fn allocation_history(
                 username: r.username,
                 client: r.client,
                 relay: r.relay,
+                transport: r.transport,
                 started_at: r.started_at,
                 ended_at: r.ended_at,
                 close_reason: r.close_reason,

@@ -21,6 +21,8 @@ pub struct AllocationView {
     /// The quota key: the REST user id part, or the static user's name.
     pub user: String,
     pub client: String,
+    /// The client's transport: `udp`, `tcp` or `tls`.
+    pub transport: String,
     pub relay: String,
     pub age_seconds: u64,
     pub expires_in_seconds: u64,
