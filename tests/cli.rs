@@ -55,13 +55,13 @@ fn check_config_names_key_line_and_column() {
 
     std::fs::write(
         &path,
-        "[turn]\nrelay_port_min = 9000\nrelay_port_max = 8000\n[tls]\n",
+        "[turn]\nrelay_port_min = 9000\nrelay_port_max = 8000\n[tsl]\n",
     )
     .unwrap();
     let (code, out) = callbox(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, Some(2));
     assert!(
-        out.contains("bad.toml:4:2") && out.contains("`tls`"),
+        out.contains("bad.toml:4:2") && out.contains("`tsl`"),
         "unknown section: {out}"
     );
 

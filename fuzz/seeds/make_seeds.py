@@ -215,3 +215,10 @@ cd = b"\x40\x01\x00\x05hello\x00\x00\x00" + b"\x7f\xfe\x00\x00"
 put("stream_framer", "mixed", b"\x01" + bytes([3, 17, 1, 40, 2, 9, 64, 5]) + binding_req + cd + binding_req)
 put("stream_framer", "garbage", b"\x00" + bytes([255] * 8) + b"\x9e" * 256)
 put("stream_framer", "too_long", b"\x02" + bytes([4] * 8) + b"\x40\x00\xff\xff" + b"x" * 40)
+
+# tls_input: first bytes on the one TLS port (STUN, HTTP), and PEM files split by the first byte.
+put("tls_input", "stun", binding_req)
+put("tls_input", "http", b"GET / HTTP/1.1\r\nhost: callbox.test\r\n\r\n")
+pem_cert = b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"
+pem_key = b"-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n"
+put("tls_input", "pem", bytes([len(pem_cert)]) + pem_cert + pem_key)

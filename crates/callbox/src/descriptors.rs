@@ -25,7 +25,8 @@ pub fn raise_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// What the listeners and the relay may hold under `limit`. Lowers
-/// `signal.max_connections` when the caps do not fit, and says so.
+/// `turn.tcp_max_connections`, `tls.max_connections` and `signal.max_connections` when
+/// the caps do not fit, and says so.
 pub fn fit(config: &mut Config, limit: u64, roles: &[Role], workers: usize) -> Vec<String> {
     let has = |r: Role| roles.contains(&r);
     let mut notes = Vec::new();
@@ -58,6 +59,18 @@ pub fn fit(config: &mut Config, limit: u64, roles: &[Role], workers: usize) -> V
             config.turn.tcp_max_connections = room;
         }
         fixed += config.turn.tcp_max_connections as u64;
+    }
+    // The one TLS port (run by the signal role) likewise, before the signal listener.
+    if has(Role::Signal) && !config.tls.listen_addrs().is_empty() {
+        let room = (limit.saturating_sub(fixed) / 2).max(16) as usize;
+        if config.tls.max_connections > room {
+            notes.push(format!(
+                "tls.max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
+                config.tls.max_connections
+            ));
+            config.tls.max_connections = room;
+        }
+        fixed += config.tls.max_connections as u64;
     }
     if has(Role::Signal) {
         let room = limit.saturating_sub(fixed).max(64) as usize;
@@ -106,5 +119,26 @@ mod tests {
             "a floor, so TCP clients still get in"
         );
         assert_eq!(c.signal.max_connections, 64, "a floor, so signaling still works");
+    }
+
+    #[test]
+    fn the_one_tls_port_gets_its_share_when_it_runs() {
+        let mut c = Config::default();
+        c.turn.total_quota = 400;
+        c.tls.cert_file = Some("cert.pem".into());
+        c.tls.key_file = Some("key.pem".into());
+        let notes = fit(&mut c, 1024, &roles(), 2);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        // 168 left as above: 84 for the relay's TCP clients, 42 for the TLS port, 42 signal.
+        assert_eq!(c.turn.tcp_max_connections, 84);
+        assert_eq!(c.tls.max_connections, 42);
+        assert_eq!(c.signal.max_connections, 64, "the floor");
+        c.tls.listen = Some(vec![]);
+        c.tls.max_connections = 4096;
+        fit(&mut c, 1024, &roles(), 2);
+        assert_eq!(
+            c.tls.max_connections, 4096,
+            "untouched when the port does not run"
+        );
     }
 }

@@ -195,3 +195,43 @@ fn api_keys_are_no_signal_auth_mode() {
     let ok = Config::load(Some(&file("[signal]\nice_auth = \"api-key\"\n")), &[]).unwrap();
     assert_eq!(ok.signal.ice_auth, IceAuth::ApiKey);
 }
+
+#[test]
+fn tls_listeners_need_a_certificate_and_default_with_one() {
+    let errs = Config::load(
+        Some(&file(
+            "[tls]\nlisten = [\"0.0.0.0:443\"]\n[signal]\ntls_listen = \"0.0.0.0:8443\"\n",
+        )),
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<_> = errs.iter().filter_map(|e| e.key.clone()).collect();
+    assert!(keys.contains(&"tls.listen".to_string()), "{keys:?}");
+    assert!(keys.contains(&"signal.tls_listen".to_string()), "{keys:?}");
+    assert!(
+        matches!(errs[0].origin, Origin::File { line: 2, .. }),
+        "{}",
+        errs[0]
+    );
+    let errs = Config::load(Some(&file("[tls]\ncert_file = \"c.pem\"\n")), &[]).unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("tls.key_file"));
+
+    let none = Config::default();
+    assert!(none.tls.listen_addrs().is_empty() && none.turn.tls_listen_addrs(&none.tls).is_empty());
+    let c = Config::load(
+        Some(&file("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n")),
+        &[],
+    )
+    .unwrap();
+    let ports = |v: Vec<SocketAddr>| v.iter().map(|a| a.port()).collect::<Vec<_>>();
+    assert_eq!(ports(c.tls.listen_addrs()), [443, 443]);
+    assert_eq!(ports(c.turn.tls_listen_addrs(&c.tls)), [5349, 5349]);
+    let off = Config::load(
+        Some(&file(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nlisten = []\n[turn]\ntls_listen = []\n",
+        )),
+        &[],
+    )
+    .unwrap();
+    assert!(off.tls.listen_addrs().is_empty() && off.turn.tls_listen_addrs(&off.tls).is_empty());
+}
