@@ -14,6 +14,8 @@ need unshare "apt-get install util-linux"
 need prlimit "apt-get install util-linux (tests start callbox under a soft open-files limit)"
 need ip "apt-get install iproute2"
 need nft "apt-get install nftables (tests/browser/netbed.test.mjs builds NAT routers with it)"
+need openssl "apt-get install openssl (the browser test bed makes its test CA with it)"
+need certutil "apt-get install libnss3-tools (the browser test bed's Chromium trusts the test CA through NSS)"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
 [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: apt-get install chromium" >&2; exit 1; }

@@ -4,7 +4,8 @@
 // nothing in the namespace this runs in is touched). Each scenario sets what the routers let
 // out, joins both pages to one room and checks the selected candidate pair from getStats.
 //
-// Needs root, `ip` (iproute2), `nft` (nftables), /usr/bin/chromium and `npm ci` here. Run it
+// Needs root, `ip` (iproute2), `nft` (nftables), /usr/bin/chromium, `openssl` and `certutil`
+// (libnss3-tools, for the test CA Chromium trusts in scenario b) and `npm ci` here. Run it
 // inside a namespace that has only loopback, as scripts/test.sh does:
 //   unshare -n -- bash -c 'ip link set lo up && node --test --test-concurrency=1 netbed.test.mjs'
 // CALLBOX_BIN overrides the binary (default target/debug/callbox).
@@ -12,7 +13,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, mkdirSync, existsSync, rmSync, chmodSync, readdirSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync, chmodSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -109,6 +110,94 @@ const PLAIN = {
   chromiumArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${SERVER}:8080`],
 };
 
+/**
+ * Scenario (b): the one TLS port. TLS ends on 10.77.0.10:443 and each connection goes on to
+ * HTTP (the page, the WebSocket, /v1/ice-servers) or to TURN, so the ICE list's
+ * `turns:callbox.test:443?transport=tcp` is the only server a client behind the tcp443 policy
+ * reaches. TURN/TLS on 5349 is off (`turn.tls_listen = []`): only 443 is used; the plain
+ * listeners (8080, 3478) still run and the routers drop what goes to them.
+ *
+ * Trust: a test CA made here with openssl signs the server certificate (DNS:callbox.test,
+ * IP:10.77.0.10); each Chromium gets a HOME of its own whose NSS database
+ * (~/.pki/nssdb, where Chromium on Linux reads user-added trust anchors) trusts that CA for
+ * TLS servers. Chromium's certificate verifier then accepts it for the page and the WebSocket
+ * and for TURNS too, since its TURN/TLS client verifies against the same verifier with the
+ * host name of the turns: URL. No --ignore-certificate-errors. callbox.test resolves to
+ * 10.77.0.10 by --host-resolver-rules (there is no DNS in the test bed), which also covers
+ * the TURN client's lookup of the turns: host.
+ */
+const TLS_HOST = "callbox.test";
+const tlsDir = join(work, "tls");
+const TLS_FILES = { ca: join(tlsDir, "ca.pem"), cert: join(tlsDir, "fullchain.pem"), key: join(tlsDir, "key.pem") };
+const TLS443 = {
+  origin: `https://${TLS_HOST}`,
+  // node in a client namespace has no host resolver rules: it checks the IP address SAN.
+  probe: { origin: `https://${SERVER}`, env: { NODE_EXTRA_CA_CERTS: TLS_FILES.ca } },
+  prepare: makeTestCerts,
+  config: [
+    "[turn]",
+    `listen = ["${SERVER}:3478"]`,
+    "tls_listen = []",
+    `public_host = "${TLS_HOST}"`,
+    'http_listen = "127.0.0.1:0"',
+    `relay_ip = "${SERVER}"`,
+    "relay_port_min = 40000",
+    "relay_port_max = 40999",
+    'allow_peers = ["10.77.0.0/16"]',
+    "[signal]",
+    `listen = "${SERVER}:8080"`,
+    "resume_grace = 30",
+    "[tls]",
+    `cert_file = "${TLS_FILES.cert}"`,
+    `key_file = "${TLS_FILES.key}"`,
+    `listen = ["${SERVER}:443"]`,
+  ],
+  chromiumArgs: [`--host-resolver-rules=MAP ${TLS_HOST} ${SERVER}`],
+  browserEnv: (n) => ({ ...process.env, HOME: nssHome(n) }),
+};
+
+function run(cmd, args, opts = {}) {
+  try {
+    return execFileSync(cmd, args, { encoding: "utf8", timeout: 30000, stdio: ["ignore", "pipe", "pipe"], ...opts });
+  } catch (e) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${e.stderr || e.message}`);
+  }
+}
+
+/** A test CA and a server certificate it signs (EC P-256, 30 days), in tlsDir. */
+function makeTestCerts() {
+  if (existsSync(TLS_FILES.cert)) return;
+  mkdirSync(tlsDir, { recursive: true });
+  const f = (n) => join(tlsDir, n);
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  run("openssl", ["req", "-x509", ...ec, "-keyout", f("ca-key.pem"), "-out", TLS_FILES.ca, "-days", "30", "-subj", "/CN=callbox netbed test CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+  run("openssl", ["req", "-new", ...ec, "-keyout", TLS_FILES.key, "-out", f("server.csr"), "-subj", `/CN=${TLS_HOST}`]);
+  writeFileSync(f("server.ext"), [
+    "basicConstraints=critical,CA:FALSE",
+    "keyUsage=critical,digitalSignature",
+    "extendedKeyUsage=serverAuth",
+    `subjectAltName=DNS:${TLS_HOST},IP:${SERVER}`,
+    "",
+  ].join("\n"));
+  run("openssl", ["x509", "-req", "-in", f("server.csr"), "-CA", TLS_FILES.ca, "-CAkey", f("ca-key.pem"), "-CAcreateserial",
+    "-days", "30", "-sha256", "-extfile", f("server.ext"), "-out", f("server.pem")]);
+  // Full chain, leaf first.
+  writeFileSync(TLS_FILES.cert, readFileSync(f("server.pem"), "utf8") + readFileSync(TLS_FILES.ca, "utf8"));
+}
+
+/** A HOME for the Chromium in namespace n whose NSS database trusts the test CA for TLS servers. */
+function nssHome(n) {
+  const home = join(tlsDir, `home-${n}`);
+  const db = join(home, ".pki/nssdb");
+  if (!existsSync(join(db, "cert9.db"))) {
+    mkdirSync(db, { recursive: true });
+    run("certutil", ["-N", "-d", `sql:${db}`, "--empty-password"]);
+    run("certutil", ["-A", "-d", `sql:${db}`, "-t", "C,,", "-n", "callbox-test", "-i", TLS_FILES.ca]);
+  }
+  return home;
+}
+
 function startCallbox(tag, setup) {
   const dir = mkdtempSync(join(work, `callbox-${tag}-`));
   const config = join(dir, "callbox.toml");
@@ -163,10 +252,10 @@ function admin(server, ...args) {
 }
 
 /** An HTTP GET from inside a namespace (node's fetch), with a deadline. */
-function fetchFrom(n, url) {
+function fetchFrom(n, url, env = {}) {
   const js = `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(3000) })` +
-    `.then((r) => process.stdout.write(String(r.status)), (e) => process.stdout.write("error " + e.message))`;
-  return execFileSync("ip", ["netns", "exec", ns(n), process.execPath, "-e", js], { encoding: "utf8", timeout: 10000 });
+    `.then((r) => process.stdout.write(String(r.status)), (e) => process.stdout.write("error " + e.message + (e.cause ? ": " + e.cause.message : "")))`;
+  return execFileSync("ip", ["netns", "exec", ns(n), process.execPath, "-e", js], { encoding: "utf8", timeout: 10000, env: { ...process.env, ...env } });
 }
 
 /** Chromium in a client namespace: playwright talks to it over a pipe, which crosses namespaces. */
@@ -178,6 +267,7 @@ async function launchIn(n, setup) {
     executablePath: wrapper,
     headless: true,
     timeout: 30000,
+    env: setup.browserEnv ? setup.browserEnv(n) : process.env,
     args: [
       "--no-sandbox",
       "--disable-gpu",
@@ -314,9 +404,11 @@ async function scenario(t, name, { policy, setup = PLAIN }, check) {
   const browsers = [];
   const sides = [];
   try {
+    if (setup.prepare) setup.prepare();
     server = await startCallbox(name, setup);
+    const probe = setup.probe || { origin: setup.origin, env: {} };
     for (const c of ["c1", "c2"]) {
-      const r = fetchFrom(c, `${setup.origin}/healthz`);
+      const r = fetchFrom(c, `${probe.origin}/healthz`, probe.env);
       assert.equal(r, "200", `${c} reaches the signal port through its NAT: ${r}`);
     }
     const room = `netbed-${name}`;
@@ -367,7 +459,7 @@ async function scenario(t, name, { policy, setup = PLAIN }, check) {
 const relayedOverTcp = (c) => c.candidateType === "relay" && c.relayProtocol === "tcp";
 
 before(() => {
-  for (const [tool, pkg] of [["ip", "iproute2"], ["nft", "nftables"]]) {
+  for (const [tool, pkg] of [["ip", "iproute2"], ["nft", "nftables"], ["openssl", "openssl"], ["certutil", "libnss3-tools"]]) {
     try {
       execFileSync("sh", ["-c", `command -v ${tool}`], { stdio: "ignore" });
     } catch {
@@ -405,26 +497,43 @@ test("(a) no UDP out of either LAN: the call goes through TURN over TCP", { time
   });
 });
 
-// ---- (b) NOT WRITTEN YET: only TCP to port 443 gets out -------------------------------------
-// The routers' rule exists: `netbed.sh policy PREFIX tcp443` lets out of each LAN only TCP to
-// 10.77.0.10 port 443 and drops everything else (UDP included). The call page, the WebSocket
-// and TURNS must then share one TLS port 443 on the server, which needs callbox's TLS listener
-// (not written yet). When it lands, add:
-//
-//   const TLS443 = {
-//     origin: `https://${SERVER}`,
-//     config: [...PLAIN.config with the TLS keys: signal and turns on `${SERVER}:443`, cert+key],
-//     chromiumArgs: ["--ignore-certificate-errors"], // or trust the test CA
-//   };
-//   test("(b) only TCP 443 out: page, WebSocket and TURNS on one TLS port", { timeout: 150000 }, (t) =>
-//     scenario(t, "tcp443", { policy: "tcp443", setup: TLS443 }, async (pairs) => {
-//       for (const p of pairs) assert.equal(p.local.candidateType, "relay");
-//       assert.ok(pairs.some((p) => p.local.relayProtocol === "tls"));
-//     }));
-//
-// (fetchFrom's /healthz probe in scenario() uses node's fetch: give it the CA, or
-// NODE_TLS_REJECT_UNAUTHORIZED=0 in its environment, for the self-signed certificate.)
-// ---------------------------------------------------------------------------------------------
+test("(b) only TCP to 443 out: page, WebSocket and TURNS share one TLS port", { timeout: 150000 }, async (t) => {
+  await scenario(t, "tcp443", { policy: "tcp443", setup: TLS443 }, async (pairs, { sides, server, statuses, t }) => {
+    // The one TLS port runs, and no TURN/TLS port beside it.
+    const ready = server.log().split("\n").find((l) => l.includes("callbox ready")) || "";
+    t.diagnostic(`callbox: ${ready.trim()}`);
+    assert.match(ready, new RegExp(`\\btls=${SERVER.replace(/\./g, "\\.")}:443\\b`), "the one TLS port listens on 443");
+    assert.doesNotMatch(ready, /\bturn_tls=/, "turn.tls_listen = [] runs no TURN/TLS port");
+    for (const s of sides) {
+      const page = await s.page.evaluate(() => ({
+        href: location.href,
+        ws: window.callbox.ws && window.callbox.ws.url,
+        iceServers: (window.callbox.iceServers || []).flatMap((i) => [].concat(i.urls)),
+      }));
+      t.diagnostic(`${s.label} page ${page.href} signaling ${page.ws} ice servers ${JSON.stringify(page.iceServers)}`);
+      assert.ok(page.href.startsWith(`https://${TLS_HOST}/`), `${s.label} loaded the page over https: ${page.href}`);
+      assert.ok(String(page.ws).startsWith(`wss://${TLS_HOST}/`), `${s.label} signals over wss on the same port: ${page.ws}`);
+      assert.ok(page.iceServers.includes(`turns:${TLS_HOST}:443?transport=tcp`), `${s.label} ICE list has TURNS on 443: ${JSON.stringify(page.iceServers)}`);
+    }
+    // The only way out of either LAN is TLS to 443: both sides relay through TURNS there.
+    for (const p of pairs) {
+      assert.equal(p.local.candidateType, "relay", `every local candidate is relay: ${JSON.stringify(p)}`);
+      assert.equal(p.local.relayProtocol, "tls", `relayed over TLS: ${JSON.stringify(p)}`);
+    }
+    assert.ok(statuses.every((s) => s.includes("relayed via TURN over TLS")), `status lines: ${JSON.stringify(statuses)}`);
+    t.diagnostic(`status lines: ${JSON.stringify(statuses)}`);
+    const out = admin(server, "allocations", "list", "--json");
+    let allocs;
+    try {
+      allocs = JSON.parse(out);
+    } catch {
+      assert.fail(`callbox admin allocations list --json: ${out}`);
+    }
+    for (const a of allocs) t.diagnostic(`callbox allocation: client ${a.client} relay ${a.relay} transport ${a.transport ?? "(not listed)"} packets to peer ${a.packets_to_peer}`);
+    assert.ok(allocs.length >= 2, `two allocations: ${out}`);
+    for (const a of allocs) if ("transport" in a) assert.equal(String(a.transport).toLowerCase(), "tls", `allocation over TLS: ${JSON.stringify(a)}`);
+  });
+});
 
 test("(c) both NATed, UDP open: the call connects and is not relayed over TCP", { timeout: 150000 }, async (t) => {
   await scenario(t, "nat-udp", { policy: "open" }, async (pairs, { statuses, t }) => {
