@@ -109,6 +109,22 @@ fn uclient_relays_through_us_over_tls_without_loss() {
         .unwrap()
             >= 5.0
     );
+    assert!(
+        metric(
+            &body,
+            "callbox_turn_transport_allocations_created_total{transport=\"tls\"}"
+        )
+        .unwrap()
+            >= 4.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "callbox_turn_transport_allocations_created_total{transport=\"udp\"}"
+        ),
+        Some(0.0)
+    );
     // History says how the clients came (written in batches: wait for it).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -321,4 +337,23 @@ fn handshakes_that_never_finish_are_cut_and_bounded() {
     assert!(handshakes("turn_tls", "timeout") >= 4.0, "{body}");
     assert!(handshakes("tls", "refused") >= 1.0, "{body}");
     assert!(handshakes("turn_tls", "failed") >= 1.0, "{body}");
+}
+
+#[test]
+fn sighup_without_a_certificate_is_logged_not_fatal() {
+    let server = CallboxProcess::start(
+        BIN,
+        "[turn]\nlisten = [\"127.0.0.1:0\"]\nhttp_listen = \"127.0.0.1:0\"\nrelay_ip = \"127.0.0.1\"\n",
+    );
+    assert!(
+        server.turn_tls.is_empty() && server.tls.is_empty(),
+        "no TLS without a certificate"
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait_for_output("SIGHUP: nothing to reload", Duration::from_secs(5)));
+    assert_eq!(server.http_get("/healthz").0, 200, "still running");
 }

@@ -18,6 +18,7 @@ import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM_FLAGS } from "./chromium.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -268,19 +269,7 @@ async function launchIn(n, setup) {
     headless: true,
     timeout: 30000,
     env: setup.browserEnv ? setup.browserEnv(n) : process.env,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream",
-      "--disable-features=WebRtcHideLocalIpsWithMdns",
-      ...setup.chromiumArgs,
-    ],
+    args: [...CHROMIUM_FLAGS, ...setup.chromiumArgs],
   });
 }
 
@@ -474,6 +463,20 @@ before(() => {
 
 after(cleanUp);
 
+/** At least two allocations in callbox's admin listing, each with the client's `transport`. */
+function checkAllocations(t, server, transport) {
+  const out = admin(server, "allocations", "list", "--json");
+  let allocs;
+  try {
+    allocs = JSON.parse(out);
+  } catch {
+    assert.fail(`callbox admin allocations list --json: ${out}`);
+  }
+  for (const a of allocs) t.diagnostic(`callbox allocation: client ${a.client} relay ${a.relay} transport ${a.transport} packets to peer ${a.packets_to_peer}`);
+  assert.ok(allocs.length >= 2, `two allocations: ${out}`);
+  for (const a of allocs) assert.equal(a.transport, transport, `allocation over ${transport}: ${JSON.stringify(a)}`);
+}
+
 test("(a) no UDP out of either LAN: the call goes through TURN over TCP", { timeout: 150000 }, async (t) => {
   await scenario(t, "no-udp", { policy: "no-udp" }, async (pairs, { server, statuses, t }) => {
     // No UDP leaves either LAN and neither host address is reachable: only the relay is left.
@@ -482,18 +485,8 @@ test("(a) no UDP out of either LAN: the call goes through TURN over TCP", { time
     // The page says so in its status line.
     assert.ok(statuses.some((s) => s.includes("relayed via TURN over TCP")), `status lines: ${JSON.stringify(statuses)}`);
     t.diagnostic(`status lines: ${JSON.stringify(statuses)}`);
-    // The server's side: two allocations, each relaying to the other. (`transport` is
-    // checked when the admin API lists it.)
-    const out = admin(server, "allocations", "list", "--json");
-    let allocs;
-    try {
-      allocs = JSON.parse(out);
-    } catch {
-      assert.fail(`callbox admin allocations list --json: ${out}`);
-    }
-    for (const a of allocs) t.diagnostic(`callbox allocation: client ${a.client} relay ${a.relay} transport ${a.transport ?? "(not listed)"} packets to peer ${a.packets_to_peer}`);
-    assert.ok(allocs.length >= 2, `two allocations: ${out}`);
-    for (const a of allocs) if ("transport" in a) assert.equal(String(a.transport).toLowerCase(), "tcp", `allocation over TCP: ${JSON.stringify(a)}`);
+    // The server's side: two allocations, each relaying to the other, over TCP.
+    checkAllocations(t, server, "tcp");
   });
 });
 
@@ -522,16 +515,7 @@ test("(b) only TCP to 443 out: page, WebSocket and TURNS share one TLS port", { 
     }
     assert.ok(statuses.every((s) => s.includes("relayed via TURN over TLS")), `status lines: ${JSON.stringify(statuses)}`);
     t.diagnostic(`status lines: ${JSON.stringify(statuses)}`);
-    const out = admin(server, "allocations", "list", "--json");
-    let allocs;
-    try {
-      allocs = JSON.parse(out);
-    } catch {
-      assert.fail(`callbox admin allocations list --json: ${out}`);
-    }
-    for (const a of allocs) t.diagnostic(`callbox allocation: client ${a.client} relay ${a.relay} transport ${a.transport ?? "(not listed)"} packets to peer ${a.packets_to_peer}`);
-    assert.ok(allocs.length >= 2, `two allocations: ${out}`);
-    for (const a of allocs) if ("transport" in a) assert.equal(String(a.transport).toLowerCase(), "tls", `allocation over TLS: ${JSON.stringify(a)}`);
+    checkAllocations(t, server, "tls");
   });
 });
 

@@ -17,6 +17,18 @@ fn relay_fixed(config: &Config, workers: usize) -> u64 {
     (config.turn.listen.len() as u64 + 2) * workers as u64
 }
 
+/// Lowers the cap `key` to `room` when it is above, with a note; returns the cap in force.
+fn lower_to(key: &str, cap: &mut usize, room: u64, limit: u64, notes: &mut Vec<String>) -> u64 {
+    let room = room as usize;
+    if *cap > room {
+        notes.push(format!(
+            "{key} lowered from {cap} to {room} to fit the open-files limit ({limit})"
+        ));
+        *cap = room;
+    }
+    *cap as u64
+}
+
 /// Raises the soft open-files limit to the hard limit; returns (before, after).
 pub fn raise_limit() -> std::io::Result<(u64, u64)> {
     let (before, _) = rlimit::Resource::NOFILE.get()?;
@@ -48,39 +60,37 @@ pub fn fit(config: &mut Config, limit: u64, roles: &[Role], workers: usize) -> V
             config.turn.total_quota, config.general.reserved_descriptors
         ));
     }
-    // TCP clients of the relay and signaling share what is left: TCP gets at most half.
+    // TCP clients of the relay, the one TLS port and signaling share what is left: the
+    // relay's TCP gets at most half, the TLS port half of the rest, signaling the remainder.
     if has(Role::Turn) && config.turn.tcp {
-        let room = (limit.saturating_sub(fixed) / 2).max(16) as usize;
-        if config.turn.tcp_max_connections > room {
-            notes.push(format!(
-                "turn.tcp_max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
-                config.turn.tcp_max_connections
-            ));
-            config.turn.tcp_max_connections = room;
-        }
-        fixed += config.turn.tcp_max_connections as u64;
+        let room = (limit.saturating_sub(fixed) / 2).max(16);
+        fixed += lower_to(
+            "turn.tcp_max_connections",
+            &mut config.turn.tcp_max_connections,
+            room,
+            limit,
+            &mut notes,
+        );
     }
-    // The one TLS port (run by the signal role) likewise, before the signal listener.
     if has(Role::Signal) && !config.tls.listen_addrs().is_empty() {
-        let room = (limit.saturating_sub(fixed) / 2).max(16) as usize;
-        if config.tls.max_connections > room {
-            notes.push(format!(
-                "tls.max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
-                config.tls.max_connections
-            ));
-            config.tls.max_connections = room;
-        }
-        fixed += config.tls.max_connections as u64;
+        let room = (limit.saturating_sub(fixed) / 2).max(16);
+        fixed += lower_to(
+            "tls.max_connections",
+            &mut config.tls.max_connections,
+            room,
+            limit,
+            &mut notes,
+        );
     }
     if has(Role::Signal) {
-        let room = limit.saturating_sub(fixed).max(64) as usize;
-        if config.signal.max_connections > room {
-            notes.push(format!(
-                "signal.max_connections lowered from {} to {room} to fit the open-files limit ({limit})",
-                config.signal.max_connections
-            ));
-            config.signal.max_connections = room;
-        }
+        let room = limit.saturating_sub(fixed).max(64);
+        lower_to(
+            "signal.max_connections",
+            &mut config.signal.max_connections,
+            room,
+            limit,
+            &mut notes,
+        );
     }
     notes
 }

@@ -241,6 +241,28 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>, turns: TurnsUrls) -> (Vec
     }
 }
 
+/// SIGHUP (`systemctl reload`) re-reads what can change while running: today the TLS
+/// certificate. Without one the signal is logged and ignored (by default it would end the
+/// process).
+fn on_hangup(tls: Option<Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: certificates reload on their timer only");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match &tls {
+                Some(tls) => {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    let _ = tls.certs.reload();
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no certificate configured)"),
+            }
+        }
+    });
+}
+
 /// The shutdown flag every role watches, raised by SIGTERM or SIGINT.
 #[derive(Debug, Clone)]
 struct Shutdown(tokio::sync::watch::Receiver<bool>);
@@ -484,8 +506,9 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     );
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref(), turns);
     if let Some(tls) = &tls {
-        tls.spawn_reload(Duration::from_millis(config.tls.reload_interval_ms));
+        tls.spawn_watch(Duration::from_millis(config.tls.reload_interval_ms));
     }
+    on_hangup(tls.clone());
     if let Some(tb) = turn {
         start_turn(tb, &mut access, &history, &shutdown, &mut running).await;
     }

@@ -74,29 +74,18 @@ impl Tls {
     }
 
     /// Reloads the certificate when its files change (checked every `interval`; zero:
-    /// never) and on SIGHUP. A file that does not load leaves the certificate in use.
-    pub fn spawn_reload(&self, interval: Duration) {
-        if !interval.is_zero() {
-            let certs = Arc::clone(&self.certs);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let _ = certs.reload_if_changed();
-                }
-            });
+    /// never). A file that does not load leaves the certificate in use.
+    pub fn spawn_watch(&self, interval: Duration) {
+        if interval.is_zero() {
+            return;
         }
         let certs = Arc::clone(&self.certs);
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("no SIGHUP handler: certificates reload on the timer only");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the TLS certificate");
-                let _ = certs.reload();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = certs.reload_if_changed();
             }
         });
     }

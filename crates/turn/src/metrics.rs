@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge, gauges};
 use prometheus_client::collector::Collector;
 
-use turn_proto::server::{AuthFailure, Quotas, Stats};
+use turn_proto::server::{AuthFailure, Quotas, Stats, Transport};
 
 use crate::worker::DriverCounters;
 
@@ -29,6 +29,9 @@ pub struct WorkerSlot {
     quota_total: AtomicU64,
     allocations_created: AtomicU64,
     allocations: AtomicU64,
+    /// By client transport (UDP, TCP, TLS).
+    created_by_transport: [AtomicU64; 3],
+    live_by_transport: [AtomicU64; 3],
     dropped_packets: AtomicU64,
     bandwidth_drops: AtomicU64,
     allocate_banned: AtomicU64,
@@ -67,6 +70,12 @@ impl WorkerSlot {
         self.quota_total.store(s.quota_total, Relaxed);
         self.allocations_created.store(s.allocations_created, Relaxed);
         self.allocations.store(allocations as u64, Relaxed);
+        for (a, v) in self.created_by_transport.iter().zip(s.created_by_transport) {
+            a.store(v, Relaxed);
+        }
+        for (a, v) in self.live_by_transport.iter().zip(s.live_by_transport) {
+            a.store(v, Relaxed);
+        }
         self.dropped_packets.store(s.dropped_packets, Relaxed);
         self.bandwidth_drops.store(s.bandwidth_drops, Relaxed);
         self.allocate_banned.store(s.allocate_banned, Relaxed);
@@ -153,6 +162,33 @@ impl Collector for Metrics {
             "callbox_turn_allocations_created",
             "TURN allocations created.",
             self.sum(|w| &w.allocations_created),
+        )?;
+        // By transport in families of their own: the totals above keep their shape.
+        let by = |f: fn(&WorkerSlot) -> &[AtomicU64; 3]| -> [u64; 3] {
+            Transport::ALL.map(|t| self.workers.iter().map(|w| f(w)[t.index()].load(Relaxed)).sum())
+        };
+        let labels = Transport::ALL.map(|t| [("transport", t.as_str())]);
+        let live = by(|w| &w.live_by_transport);
+        gauges(
+            enc,
+            "callbox_turn_transport_allocations",
+            "Live TURN allocations by the client's transport (udp, tcp, tls).",
+            &[
+                (&labels[0][..], signed(live[0])),
+                (&labels[1][..], signed(live[1])),
+                (&labels[2][..], signed(live[2])),
+            ],
+        )?;
+        let created = by(|w| &w.created_by_transport);
+        counters(
+            enc,
+            "callbox_turn_transport_allocations_created",
+            "TURN allocations created, by the client's transport (udp, tcp, tls).",
+            &[
+                (&labels[0][..], created[0]),
+                (&labels[1][..], created[1]),
+                (&labels[2][..], created[2]),
+            ],
         )?;
         counters(
             enc,

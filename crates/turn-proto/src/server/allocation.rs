@@ -369,6 +369,8 @@ impl Server {
     ) {
         self.relay_ports.insert(relay);
         self.stats.allocations_created += 1;
+        self.stats.created_by_transport[p.transport.index()] += 1;
+        self.stats.live_by_transport[p.transport.index()] += 1;
         self.events.push_back(Event::Created {
             id,
             username: p.username.clone(),
@@ -405,6 +407,7 @@ impl Server {
     pub(super) fn close(&mut self, id: AllocId, reason: CloseReason) {
         if let Some(a) = self.allocations.remove(&id) {
             self.by_client.remove(&(a.client, a.transport));
+            self.stats.live_by_transport[a.transport.index()] -= 1;
             self.quotas.release(&a.user);
             self.relay_ports.remove(a.relay);
             self.commands.push_back(Command::CloseRelay { id });

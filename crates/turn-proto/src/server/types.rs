@@ -140,6 +140,18 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in [`Transport::index`] order.
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// The position in per-transport counters.
+    pub const fn index(self) -> usize {
+        match self {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+        }
+    }
+
     /// The `transport` label of metrics and the word in logs and listings.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -371,6 +383,10 @@ pub struct Stats {
     pub quota_user: u64,
     pub quota_total: u64,
     pub allocations_created: u64,
+    /// Allocations created, and live now, by the client's transport (UDP, TCP, TLS:
+    /// [`Transport::index`]).
+    pub created_by_transport: [u64; 3],
+    pub live_by_transport: [u64; 3],
     pub dropped_packets: u64,
     pub bandwidth_drops: u64,
     /// Allocates refused because the client address is in [`Credentials::banned`].
