@@ -125,6 +125,18 @@ fn uclient_relays_through_us_over_tls_without_loss() {
         ),
         Some(0.0)
     );
+    // The connections are gone, and their allocations with them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let live_tls = |s: &CallboxProcess| {
+        metric(
+            &metrics(s),
+            "callbox_turn_transport_allocations{transport=\"tls\"}",
+        )
+    };
+    while live_tls(&server) != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", metrics(&server));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // History says how the clients came (written in batches: wait for it).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -296,6 +308,40 @@ fn a_new_certificate_is_taken_without_a_restart_and_a_broken_one_is_not() {
     assert_eq!(presented_leaf(&fresh), new);
     binding_over(&mut live, 3);
     assert!(server.output().contains("TLS certificate not reloaded"));
+}
+
+#[test]
+fn slow_or_silent_clients_after_the_handshake_are_cut_at_the_header_timeout() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), &ca, "").replace("[signal]\n", "[signal]\nheader_timeout_ms = 500\n");
+    let server = CallboxProcess::start(BIN, &text);
+    let started = Instant::now();
+    // Silent after the handshake on the one port: no first bytes to route by.
+    let mut silent = connect(server.tls[0], NAME, ca.client_config(&[])).unwrap();
+    // A request head sent slowly (slowloris), routed to HTTP by its first byte.
+    let mut slow = connect(server.tls[0], NAME, ca.client_config(&[])).unwrap();
+    slow.write_all(b"G").unwrap();
+    // The same on the HTTPS listener, by ALPN.
+    let mut slow_https = connect(server.signal_tls.unwrap(), NAME, ca.client_config(&[b"http/1.1"])).unwrap();
+    slow_https.write_all(b"GET / HT").unwrap();
+    let mut buf = [0u8; 256];
+    for s in [&mut silent, &mut slow, &mut slow_https] {
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(
+            n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "cut at the header timeout, not before: {waited:?}"
+    );
+    // Others are served meanwhile.
+    let tls = connect(server.tls[0], NAME, ca.client_config(&[])).unwrap();
+    assert_eq!(https_get(tls, NAME, "/healthz").0, 200);
 }
 
 #[test]
