@@ -37,13 +37,23 @@ fn start(ca: &TestCa, extra: &str) -> (CallboxProcess, tempfile::TempDir) {
     (server, dir)
 }
 
-/// coturn's client over TLS (`-S`) against `server`: (exit code, output).
-fn uclient_tls(server: SocketAddr, secret: &str, peer_port: u16, ca: &Path) -> (Option<i32>, String) {
+/// Four clients, 200 messages each, 5 ms apart.
+const LOAD: &[&str] = &["-m", "4", "-n", "200", "-l", "171", "-z", "5"];
+
+/// coturn's client over TLS (`-t -S`, ChannelData) against `server` with `load`: (exit
+/// code, output).
+fn uclient_tls(
+    server: SocketAddr,
+    secret: &str,
+    peer_port: u16,
+    ca: &Path,
+    load: &[&str],
+) -> (Option<i32>, String) {
     let mut cmd = Command::new(coturn_tool("turnutils_uclient"));
     cmd.args(["-t", "-S", "-E", &ca.display().to_string()])
         .args(["-p", &server.port().to_string(), "-W", secret])
-        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
-        .args(["-c", "-m", "4", "-n", "200", "-l", "171", "-z", "5"])
+        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
+        .args(load)
         .arg(server.ip().to_string());
     run_with_timeout(&mut cmd, Duration::from_secs(90))
 }
@@ -89,7 +99,7 @@ fn uclient_relays_through_us_over_tls_without_loss() {
     let (server, _dir) = start(&ca, "");
     let (port, _peer) = test_support::turnutils_peer();
     let (secret, ca_file) = secret_and_ca(&server, &ca);
-    let (code, out) = uclient_tls(server.turn_tls[0], &secret, port, ca_file.path());
+    let (code, out) = uclient_tls(server.turn_tls[0], &secret, port, ca_file.path(), LOAD);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(test_support::uclient_lost_packets(&out), Some(0), "{out}");
     // STUN over TLS with ALPN stun.turn (RFC 7443) and a certificate check by name.
@@ -203,7 +213,7 @@ async fn one_tls_port_serves_the_page_a_websocket_and_turn() {
     let (peer_port, _peer) = test_support::turnutils_peer();
     let (secret, ca_file) = secret_and_ca(&server, &ca);
     let (code, out) =
-        tokio::task::spawn_blocking(move || uclient_tls(port, &secret, peer_port, ca_file.path()))
+        tokio::task::spawn_blocking(move || uclient_tls(port, &secret, peer_port, ca_file.path(), LOAD))
             .await
             .unwrap();
     assert_eq!(code, Some(0), "{out}");
@@ -254,6 +264,15 @@ fn a_new_certificate_is_taken_without_a_restart_and_a_broken_one_is_not() {
     binding_over(&mut live, 1);
     let mut live_one_port = connect(server.tls[0], NAME, ca.client_config(&[])).unwrap();
     binding_over(&mut live_one_port, 1);
+    // And an allocation relaying through the reload: 400 messages 10 ms apart (4 s).
+    let (peer_port, _peer) = test_support::turnutils_peer();
+    let (secret, ca_file) = secret_and_ca(&server, &ca);
+    let relay_addr = server.turn_tls[0];
+    let relaying = std::thread::spawn(move || {
+        let load = ["-m", "1", "-n", "400", "-l", "171", "-z", "10"];
+        uclient_tls(relay_addr, &secret, peer_port, ca_file.path(), &load)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
 
     // A renewal: new files in place; the timer notices.
     let (cert, key) = ca.issue(&[NAME]);
@@ -274,6 +293,9 @@ fn a_new_certificate_is_taken_without_a_restart_and_a_broken_one_is_not() {
     // The sessions begun before it go on.
     binding_over(&mut live, 2);
     binding_over(&mut live_one_port, 2);
+    let (code, out) = relaying.join().unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(test_support::uclient_lost_packets(&out), Some(0), "{out}");
 
     // A broken file is refused (logged, counted) and the certificate in force stays, also
     // after SIGHUP asks for a reload.
