@@ -174,6 +174,8 @@ pub(crate) struct Conn {
     pub rx: StreamBuffer,
     /// Bytes for the socket (ciphertext over TLS) that it did not take yet.
     tx: Vec<u8>,
+    /// In [`Streams::dirty`] (has bytes queued since the last flush).
+    dirty: bool,
     opened: Instant,
     last_rx: Instant,
     writable: bool,
@@ -189,6 +191,10 @@ pub(crate) struct Streams {
     /// Counters of TCP (0) and TLS (1) connections.
     pub counters: [StreamCounters; 2],
     conn_base: usize,
+    /// Connections with messages queued during this loop turn, written by
+    /// [`Streams::flush_queued`] once the turn's events are handled: a turn's messages to
+    /// one client leave in one write (and over TLS in few records), not one each.
+    dirty: Vec<usize>,
 }
 
 /// A frame from a client: its address, its transport and the message.
@@ -230,6 +236,7 @@ impl Streams {
             settings,
             counters: [StreamCounters::default(); 2],
             conn_base,
+            dirty: Vec::new(),
         })
     }
 
@@ -288,6 +295,7 @@ impl Streams {
                 tls,
                 rx: StreamBuffer::new(MAX_FRAME),
                 tx: Vec::new(),
+                dirty: false,
                 opened: now,
                 last_rx: now,
                 writable: false,
@@ -335,6 +343,7 @@ impl Streams {
             })),
             rx,
             tx,
+            dirty: false,
             opened: now,
             last_rx: now,
             writable: false,
@@ -428,14 +437,14 @@ impl Streams {
         }
     }
 
-    /// Queues `bytes` for the client at `peer` over `transport` and writes what the
-    /// socket takes now. Past the send buffer the bytes are dropped (and counted), as a
-    /// congested network would drop them over UDP; a stream never takes half a message.
-    pub fn send_to(&mut self, peer: SocketAddr, transport: Transport, bytes: &[u8], registry: &Registry) {
+    /// Queues `bytes` for the client at `peer` over `transport`, to be written by
+    /// [`Streams::flush_queued`] at the end of the loop turn. Past the send buffer the bytes
+    /// are dropped (and counted), as a congested network would drop them over UDP; a
+    /// stream never takes half a message.
+    pub fn send_to(&mut self, peer: SocketAddr, transport: Transport, bytes: &[u8]) {
         let Some(&key) = self.by_peer.get(&(peer, transport)) else {
             return;
         };
-        let token = self.conn_base + key;
         let c = &mut self.conns[key];
         if c.tx.len() + bytes.len() > self.settings.send_buffer {
             self.counters[slot(transport)].send_drops += bytes.len() as u64;
@@ -443,12 +452,15 @@ impl Streams {
         }
         match c.tls.as_deref_mut() {
             None => c.tx.extend_from_slice(bytes),
+            // One TLS record per message (the turn's records still leave in one write):
+            // coturn's turnutils_uclient reads one record as one message, and clients
+            // built like it would misread several messages in one record.
             Some(tls) => {
-                // rustls encrypts into its own buffer; the records move to `tx` at once so
-                // that one queue, bounded by the send buffer, holds everything unsent.
                 if tls.conn.writer().write_all(bytes).is_err() {
                     return;
                 }
+                // rustls encrypts into its own buffer; the record moves to `tx` at once, so
+                // that one queue, bounded by the send buffer, holds everything unsent.
                 while tls.conn.wants_write() {
                     if tls.conn.write_tls(&mut c.tx).is_err() {
                         break;
@@ -456,8 +468,26 @@ impl Streams {
                 }
             }
         }
-        // A failed write shows on the read side, which closes the connection.
-        let _ = write_queued(c, token, registry);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes what the loop turn queued, one write per connection. A failed write shows on
+    /// the read side, which closes the connection.
+    pub fn flush_queued(&mut self, registry: &Registry) {
+        // Taken and put back, so the list keeps its capacity from turn to turn.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let token = self.conn_base + key;
+            if let Some(c) = self.conns.get_mut(key) {
+                c.dirty = false;
+                let _ = write_queued(c, token, registry);
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     /// Writes what connection `key` has queued; stops asking for writability once empty.

@@ -291,6 +291,8 @@ impl Worker {
             }
         }
         self.run_commands(0, now);
+        // What this turn queued for stream clients leaves now, one write per connection.
+        self.streams.flush_queued(self.poll.registry());
         self.load_snapshots();
         self.forward_events();
         self.publish();
@@ -335,8 +337,7 @@ impl Worker {
             {
                 ClientAction::None => {}
                 ClientAction::Reply => {
-                    self.streams
-                        .send_to(peer, transport, &self.reply, self.poll.registry());
+                    self.streams.send_to(peer, transport, &self.reply);
                 }
                 ClientAction::Relay { id, peer, payload } => {
                     if let Some(&slot) = self.relay_by_id.get(&id)
@@ -540,12 +541,8 @@ impl Worker {
                         start,
                         end,
                     } => {
-                        self.streams.send_to(
-                            client,
-                            transport,
-                            &self.peer_rx.buffer(i)[start..end],
-                            self.poll.registry(),
-                        );
+                        self.streams
+                            .send_to(client, transport, &self.peer_rx.buffer(i)[start..end]);
                     }
                     PeerAction::Drop => {}
                 }
@@ -609,7 +606,7 @@ impl Worker {
                     }
                 }
                 Command::SendToClient { to, transport, bytes } => {
-                    self.streams.send_to(to, transport, &bytes, self.poll.registry());
+                    self.streams.send_to(to, transport, &bytes);
                 }
             }
         }
