@@ -15,6 +15,7 @@ need prlimit "apt-get install util-linux (tests start callbox under a soft open-
 need ip "apt-get install iproute2"
 need nft "apt-get install nftables (tests/browser/netbed.test.mjs builds NAT routers with it)"
 need openssl "apt-get install openssl (the browser test bed makes its test CA with it)"
+need systemd-analyze "apt-get install systemd (tests/systemd_units.rs verifies and rates the units)"
 need certutil "apt-get install libnss3-tools (the browser test bed's Chromium trusts the test CA through NSS)"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"

@@ -12,6 +12,7 @@ mod role;
 mod serve;
 mod settings;
 mod state;
+mod supervisor;
 mod tls;
 
 use std::path::PathBuf;

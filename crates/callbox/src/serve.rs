@@ -18,6 +18,7 @@ use crate::bootstrap::{config_secrets, ensure_admin_token, file_secret, open_sto
 use crate::history::{HistorySink, HistoryWriter, allocation_row, session_row};
 use crate::role::Role;
 use crate::settings::Loaded;
+use crate::supervisor;
 use crate::tls::Tls;
 
 /// `auth.static_users` as long-term keys for the realm.
@@ -118,6 +119,7 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    supervisor::stopping();
 }
 
 /// Limits of an HTTP listener from its configuration keys.
@@ -252,6 +254,7 @@ fn on_hangup(tls: Option<Tls>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            supervisor::reloading();
             match &tls {
                 Some(tls) => {
                     tracing::info!("SIGHUP: reloading the TLS certificate");
@@ -259,6 +262,7 @@ fn on_hangup(tls: Option<Tls>) {
                 }
                 None => tracing::info!("SIGHUP: nothing to reload (no certificate configured)"),
             }
+            supervisor::reloaded();
         }
     });
 }
@@ -509,6 +513,14 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         tls.spawn_watch(Duration::from_millis(config.tls.reload_interval_ms));
     }
     on_hangup(tls.clone());
+    // The watchdog pings while every relay worker goes round its loop (and the runtime
+    // that sends them runs).
+    let workers = turn.as_ref().map(|tb| tb.role.metrics());
+    supervisor::spawn_watchdog(move || {
+        workers
+            .as_ref()
+            .is_none_or(|m| m.workers_alive(supervisor::WORKER_STALL))
+    });
     if let Some(tb) = turn {
         start_turn(tb, &mut access, &history, &shutdown, &mut running).await;
     }
@@ -581,6 +593,7 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
         "callbox ready {}",
         fields.join(" ")
     );
+    supervisor::ready(&format!("serving {}", names.join(",")));
     running.join().await
 }
 

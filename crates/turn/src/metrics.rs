@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counter, counters, gauge, gauges};
 use prometheus_client::collector::Collector;
@@ -41,6 +42,8 @@ pub struct WorkerSlot {
     relay_receive_errors: AtomicU64,
     /// TCP (0) and TLS (1) client connections.
     streams: [StreamSlot; 2],
+    /// Milliseconds from [`Metrics::started`] to the worker's last loop turn.
+    heartbeat_ms: AtomicU64,
 }
 
 /// One transport's stream counters in a worker's slot.
@@ -102,6 +105,8 @@ pub struct Metrics {
     pub(crate) workers: Vec<WorkerSlot>,
     pub(crate) event_drops: AtomicU64,
     pub(crate) quotas: Arc<Quotas>,
+    /// The epoch of the workers' heartbeats.
+    started: Instant,
 }
 
 impl Metrics {
@@ -110,7 +115,28 @@ impl Metrics {
             workers: (0..workers).map(|_| WorkerSlot::default()).collect(),
             event_drops: AtomicU64::new(0),
             quotas,
+            started: Instant::now(),
         }
+    }
+
+    /// Worker `index` went round its loop now.
+    pub(crate) fn heartbeat(&self, index: usize, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.workers[index].heartbeat_ms.store(ms, Relaxed);
+    }
+
+    /// Whether every worker went round its loop within `within` (a worker sleeps at most
+    /// a quarter second between turns): what the service watchdog pings on.
+    pub fn workers_alive(&self, within: Duration) -> bool {
+        self.workers_alive_at(Instant::now(), within)
+    }
+
+    fn workers_alive_at(&self, now: Instant, within: Duration) -> bool {
+        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        let within_ms = within.as_millis() as u64;
+        self.workers
+            .iter()
+            .all(|w| now_ms.saturating_sub(w.heartbeat_ms.load(Relaxed)) <= within_ms)
     }
 
     fn sum(&self, f: impl Fn(&WorkerSlot) -> &AtomicU64) -> u64 {
@@ -382,6 +408,20 @@ mod driver_tests {
         assert!(
             text.contains("\ncallbox_turn_relay_receive_errors_total 6\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_stops_beating_makes_the_relay_unhealthy() {
+        let m = Metrics::new(2, Arc::new(Quotas::new(10, 10)));
+        let t0 = m.started;
+        m.heartbeat(0, t0 + Duration::from_secs(10));
+        m.heartbeat(1, t0 + Duration::from_secs(10));
+        assert!(m.workers_alive_at(t0 + Duration::from_secs(12), Duration::from_secs(5)));
+        m.heartbeat(0, t0 + Duration::from_secs(20));
+        assert!(
+            !m.workers_alive_at(t0 + Duration::from_secs(20), Duration::from_secs(5)),
+            "worker 1 is stuck"
         );
     }
 }

@@ -378,6 +378,7 @@ impl Worker {
     }
 
     fn publish(&mut self) {
+        self.metrics.heartbeat(self.index, Instant::now());
         self.counters.streams = self.streams.snapshot();
         self.slot().publish(
             self.server.stats(),
