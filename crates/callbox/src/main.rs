@@ -4,6 +4,7 @@
 mod access;
 mod admin_cli;
 mod bootstrap;
+mod cloud;
 mod descriptors;
 mod history;
 mod live;

@@ -416,6 +416,9 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     let run_signal = roles.contains(&Role::Signal);
     let mut loaded = loaded;
     fit_descriptors(&mut loaded, &roles);
+    if run_turn || run_signal {
+        crate::cloud::resolve_external_ip(&mut loaded.config).await;
+    }
     let config = &loaded.config;
     let started = std::time::Instant::now();
 

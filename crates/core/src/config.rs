@@ -138,8 +138,18 @@ pub struct Turn {
     /// The IPv6 address relay sockets bind to; without it IPv6 allocations get 440.
     pub relay_ipv6: Option<Ipv6Addr>,
     /// 1:1 NAT (EC2, GCE): `"PUBLIC"` or `"PUBLIC/PRIVATE"`. Relay sockets bind to PRIVATE
-    /// (or `relay_ip`) and PUBLIC is what clients are told.
-    pub external_ip: Option<ExternalIp>,
+    /// (or `relay_ip`) and PUBLIC is what clients are told. `"auto"` finds both at start.
+    pub external_ip: Option<ExternalIpSetting>,
+    /// Where `external_ip = "auto"` looks, in order: EC2 instance metadata (IMDSv2), Compute
+    /// Engine metadata, then a STUN Binding to each of `external_ip_stun`. Base URLs are
+    /// `http://HOST[:PORT]` (no TLS: metadata services are plain HTTP on a link-local address).
+    pub metadata_ec2_url: String,
+    pub metadata_gce_url: String,
+    /// STUN servers (`host:port`) asked for this host's public address when the metadata
+    /// services do not answer.
+    pub external_ip_stun: Vec<String>,
+    /// Milliseconds each of those lookups may take.
+    pub external_ip_timeout_ms: u64,
     /// The host name or address put in ICE server URLs. Default: the advertised address.
     pub public_host: Option<String>,
     pub relay_port_min: u16,
@@ -198,6 +208,10 @@ impl Default for Turn {
             relay_ip: None,
             relay_ipv6: None,
             external_ip: None,
+            metadata_ec2_url: "http://169.254.169.254".into(),
+            metadata_gce_url: "http://169.254.169.254".into(),
+            external_ip_stun: vec![],
+            external_ip_timeout_ms: 1000,
             public_host: None,
             relay_port_min: 49152,
             relay_port_max: 65535,
@@ -469,6 +483,59 @@ impl Turn {
             ],
             (_, false) => vec![],
         }
+    }
+}
+
+/// `turn.external_ip`: an address given, or `"auto"` (found at start from cloud metadata or
+/// STUN; see `turn.metadata_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalIpSetting {
+    Auto,
+    Fixed(ExternalIp),
+}
+
+impl ExternalIpSetting {
+    /// The mapping, when one is given (after start, `auto` has been replaced by what was
+    /// found, or by nothing).
+    pub fn fixed(self) -> Option<ExternalIp> {
+        match self {
+            ExternalIpSetting::Fixed(e) => Some(e),
+            ExternalIpSetting::Auto => None,
+        }
+    }
+}
+
+impl FromStr for ExternalIpSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "auto" {
+            return Ok(ExternalIpSetting::Auto);
+        }
+        s.parse()
+            .map(ExternalIpSetting::Fixed)
+            .map_err(|e| format!("{e}, or \"auto\""))
+    }
+}
+
+impl fmt::Display for ExternalIpSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExternalIpSetting::Auto => f.write_str("auto"),
+            ExternalIpSetting::Fixed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Serialize for ExternalIpSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExternalIpSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

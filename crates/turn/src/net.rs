@@ -1,4 +1,5 @@
-//! Host address discovery, read from the kernel's tables (no packet is sent).
+//! Host address discovery: the kernel's tables (no packet sent), and on request a STUN
+//! Binding for the address a server outside sees.
 
 use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -67,6 +68,44 @@ pub fn detect_relay_ipv4() -> Ipv4Addr {
             _ => None,
         })
         .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+/// This host's address as a STUN server at `server` sees it (the server-reflexive address,
+/// RFC 8489 Binding), from a socket of `server`'s family, within `timeout`. Two tries.
+pub fn stun_reflexive_address(
+    server: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::SocketAddr> {
+    use std::io;
+    use turn_proto::stun::{Class, Message, MessageBuilder, attr, method};
+    let bind: std::net::SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.connect(server)?;
+    sock.set_read_timeout(Some(timeout / 2))?;
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, method::BINDING, Class::Request, &tid).finish();
+    let mut buf = [0u8; 1500];
+    for _ in 0..2 {
+        sock.send(&req)?;
+        let Ok(n) = sock.recv(&mut buf) else {
+            continue;
+        };
+        let Ok(m) = Message::parse(&buf[..n]) else {
+            continue;
+        };
+        if m.transaction_id() != tid || m.class() != Class::Success {
+            continue;
+        }
+        if let Ok(Some(addr)) = m.xor_address(attr::XOR_MAPPED_ADDRESS) {
+            return Ok(addr);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "no STUN Binding answer"))
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ pub(crate) fn relay_addresses(
     detected_v4: impl FnOnce() -> IpAddr,
 ) -> (RelayIp, Option<RelayIp>) {
     let t = &config.turn;
-    let (bind, advertise) = match t.external_ip {
+    let external = t.external_ip.and_then(|e| e.fixed());
+    let (bind, advertise) = match external {
         Some(ext) if ext.public.is_ipv4() => {
             (ext.private.or(t.relay_ip).unwrap_or_else(detected_v4), ext.public)
         }
@@ -40,7 +41,7 @@ pub(crate) fn relay_addresses(
     };
     let v6 = t.relay_ipv6.map(|ip| {
         let bind = IpAddr::V6(ip);
-        let advertise = match t.external_ip {
+        let advertise = match external {
             Some(ext) if ext.public.is_ipv6() => ext.public,
             _ => bind,
         };
@@ -78,7 +79,7 @@ pub(crate) fn peer_policy(
     }
     let mut own = relays.clone();
     own.extend(listeners.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
-    if let Some(ext) = t.external_ip {
+    if let Some(ext) = t.external_ip.and_then(|e| e.fixed()) {
         own.push(ext.public);
         own.extend(ext.private);
     }
@@ -237,7 +238,10 @@ mod tests {
         let (v4, _) = relay_addresses(&c, never);
         assert_eq!((v4.bind, v4.advertise), (ip("10.0.0.5"), ip("203.0.113.7")));
         assert_eq!(
-            c.turn.external_ip.map(|e: ExternalIp| e.public),
+            c.turn
+                .external_ip
+                .and_then(|e| e.fixed())
+                .map(|e: ExternalIp| e.public),
             Some(ip("203.0.113.7"))
         );
 

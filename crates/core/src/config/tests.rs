@@ -158,6 +158,10 @@ fn external_ip_forms() {
     assert!("203.0.113.4".parse::<ExternalIp>().unwrap().private.is_none());
     assert!("203.0.113.4/::1".parse::<ExternalIp>().is_err());
     assert!("nope".parse::<ExternalIp>().is_err());
+    assert_eq!("auto".parse::<ExternalIpSetting>(), Ok(ExternalIpSetting::Auto));
+    let err = Config::load(Some(&file("[turn]\nexternal_ip = \"autom\"\n")), &[]).unwrap_err();
+    assert_eq!(err[0].key.as_deref(), Some("turn.external_ip"), "{}", err[0]);
+    assert!(err[0].to_string().contains("\"auto\""), "{}", err[0]);
 }
 
 #[test]

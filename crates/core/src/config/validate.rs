@@ -228,6 +228,28 @@ impl Config {
                 }
             }
         }
+        for (key, url) in [
+            ("turn.metadata_ec2_url", &t.metadata_ec2_url),
+            ("turn.metadata_gce_url", &t.metadata_gce_url),
+        ] {
+            let host = url.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.contains('/') && !host.ends_with('/') {
+                p.push((key.into(), format!("`{url}` is not http://HOST[:PORT]")));
+            }
+        }
+        if t.external_ip_timeout_ms == 0 {
+            p.push(("turn.external_ip_timeout_ms".into(), "must be at least 1".into()));
+        }
+        for (i, s) in t.external_ip_stun.iter().enumerate() {
+            if s.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                p.push((
+                    format!("turn.external_ip_stun.{i}"),
+                    format!("`{s}` is not HOST:PORT"),
+                ));
+            }
+        }
         let tls = &self.tls;
         match (&tls.cert_file, &tls.key_file) {
             (Some(_), None) => p.push(("tls.key_file".into(), "is required with tls.cert_file".into())),
