@@ -195,7 +195,7 @@ fn garbage_and_impostors_are_ignored_and_stun_answers_last() {
 #[test]
 fn nothing_found_is_said_and_callbox_serves_anyway() {
     let server = CallboxProcess::start(BIN, &config(fake_metadata(hangs), fake_metadata(garbage), &[]));
-    assert!(server.output().contains("no metadata service or STUN server"));
     assert_eq!(relay_in_ready_line(&server), "127.0.0.1");
+    assert!(server.output().contains("no metadata service or STUN server"));
     assert_eq!(server.http_get("/healthz").0, 200);
 }

@@ -119,12 +119,15 @@ impl CallboxProcess {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("callbox ready") {
-                        let _ = tx.send(line.clone());
+                    {
+                        let mut l = log.lock().unwrap();
+                        l.push_str(&line);
+                        l.push('\n');
                     }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
+                    // Logged first: once `start` returns, `output()` has the ready line.
+                    if line.contains("callbox ready") {
+                        let _ = tx.send(line);
+                    }
                 }
             });
         }
