@@ -16,6 +16,7 @@ need ip "apt-get install iproute2"
 need nft "apt-get install nftables (tests/browser/netbed.test.mjs builds NAT routers with it)"
 need openssl "apt-get install openssl (the browser test bed makes its test CA with it)"
 need systemd-analyze "apt-get install systemd (tests/systemd_units.rs verifies and rates the units)"
+need lintian "apt-get install lintian (scripts/package-test.sh checks the .deb with it)"
 need certutil "apt-get install libnss3-tools (the browser test bed's Chromium trusts the test CA through NSS)"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
@@ -41,6 +42,9 @@ cargo test --workspace --no-run --quiet
 
 echo "== cargo tests (loopback-only network namespace)"
 isolated cargo test --workspace --offline -- --test-threads 2
+
+echo "== Debian package (cargo-deb, file list, maintainer scripts, lintian)"
+scripts/package-test.sh
 
 echo "== admin API fuzzed against its OpenAPI document (schemathesis, loopback-only namespace)"
 isolated scripts/schemathesis.sh "${CALLBOX_SCHEMATHESIS_SECONDS:-90}"
