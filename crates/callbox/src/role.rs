@@ -5,7 +5,7 @@
 pub enum Role {
     /// WebSocket rooms and the ICE endpoint.
     Signal,
-    /// STUN/TURN over UDP.
+    /// STUN/TURN over UDP, TCP and TLS.
     Turn,
     /// The admin API over the store.
     Admin,
