@@ -140,20 +140,12 @@ fn the_binary_notifies_ready_pings_the_watchdog_and_says_reloading_and_stopping(
     for _ in 0..3 {
         assert!(wait_for(&sock, "WATCHDOG=1", Duration::from_secs(2)));
     }
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    server.signal("HUP");
     assert!(wait_for(&sock, "RELOADING=1", Duration::from_secs(5)));
     assert!(
         wait_for(&sock, "READY=1", Duration::from_secs(5)),
         "ready again after the reload"
     );
-    let term = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    server.signal("TERM");
     assert!(wait_for(&sock, "STOPPING=1", Duration::from_secs(5)));
 }

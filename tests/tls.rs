@@ -316,11 +316,7 @@ fn a_new_certificate_is_taken_without_a_restart_and_a_broken_one_is_not() {
         assert!(Instant::now() < deadline, "the broken file was not noticed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
     while errors(&server) < 2.0 {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
@@ -417,11 +413,7 @@ fn sighup_without_a_certificate_is_logged_not_fatal() {
         server.turn_tls.is_empty() && server.tls.is_empty(),
         "no TLS without a certificate"
     );
-    let status = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("HUP");
     assert!(server.wait_for_output("SIGHUP: nothing to reload", Duration::from_secs(5)));
     assert_eq!(server.http_get("/healthz").0, 200, "still running");
 }

@@ -176,6 +176,16 @@ impl CallboxProcess {
         self.child.id()
     }
 
+    /// Sends signal `name` (`HUP`, `TERM`, ...) to the process with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.log.lock().unwrap().clone()
