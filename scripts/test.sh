@@ -17,6 +17,8 @@ need nft "apt-get install nftables (tests/browser/netbed.test.mjs builds NAT rou
 need openssl "apt-get install openssl (the browser test bed makes its test CA with it)"
 need systemd-analyze "apt-get install systemd (tests/systemd_units.rs verifies and rates the units)"
 need lintian "apt-get install lintian (scripts/package-test.sh checks the .deb with it)"
+need debootstrap "apt-get install debootstrap (scripts/install-test.sh builds a Debian 12 root with it)"
+need systemd-nspawn "apt-get install systemd-container (scripts/install-test.sh boots the package in it)"
 need certutil "apt-get install libnss3-tools (the browser test bed's Chromium trusts the test CA through NSS)"
 need node "Node.js runs the browser tests"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
@@ -45,6 +47,9 @@ isolated cargo test --workspace --offline -- --test-threads 2
 
 echo "== Debian package (cargo-deb, file list, maintainer scripts, lintian)"
 scripts/package-test.sh
+
+echo "== the package installed and booted in a Debian 12 container (debootstrap, systemd-nspawn)"
+scripts/install-test.sh
 
 echo "== admin API fuzzed against its OpenAPI document (schemathesis, loopback-only namespace)"
 isolated scripts/schemathesis.sh "${CALLBOX_SCHEMATHESIS_SECONDS:-90}"

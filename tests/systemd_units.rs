@@ -98,7 +98,7 @@ fn units_notify_watch_and_keep_their_state_where_the_package_puts_it() {
             "ConfigurationDirectory=callbox",
             "LimitNOFILE=",
             "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-            "ExecReload=/bin/kill -HUP $MAINPID",
+            "ExecReload=/bin/sh -c \"kill -HUP ${MAINPID}\"",
             "--state-dir /var/lib/callbox",
             "--config /etc/callbox/callbox.toml",
         ] {

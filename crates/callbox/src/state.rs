@@ -22,7 +22,12 @@ pub fn shared_secret(state_dir: &Path) -> anyhow::Result<Secret> {
     }
     fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
-    let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
+    // Nobody but the owner and its group (the package's `callbox`) reads the state; the
+    // files in it are 0600 besides.
+    if let Ok(m) = fs::metadata(state_dir) {
+        let mode = m.permissions().mode() & 0o750;
+        let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(mode));
+    }
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&path, hex.as_bytes())?;
