@@ -9,6 +9,7 @@ mod descriptors;
 mod history;
 mod live;
 mod logging;
+mod reload;
 mod role;
 mod serve;
 mod settings;
@@ -163,7 +164,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve::serve(loaded, roles)) {
+            let reload: reload::LoadConfig = Box::new(move || settings::load(&config));
+            match rt.block_on(serve::serve(loaded, roles, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -243,30 +243,6 @@ fn ice_urls(config: &Config, turn: Option<&TurnBound>, turns: TurnsUrls) -> (Vec
     }
 }
 
-/// SIGHUP (`systemctl reload`) re-reads what can change while running: today the TLS
-/// certificate. Without one the signal is logged and ignored (by default it would end the
-/// process).
-fn on_hangup(tls: Option<Tls>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler: certificates reload on their timer only");
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            supervisor::reloading();
-            match &tls {
-                Some(tls) => {
-                    tracing::info!("SIGHUP: reloading the TLS certificate");
-                    let _ = tls.certs.reload();
-                }
-                None => tracing::info!("SIGHUP: nothing to reload (no certificate configured)"),
-            }
-            supervisor::reloaded();
-        }
-    });
-}
-
 /// The shutdown flag every role watches, raised by SIGTERM or SIGINT.
 #[derive(Debug, Clone)]
 struct Shutdown(tokio::sync::watch::Receiver<bool>);
@@ -409,12 +385,19 @@ impl Running {
     }
 }
 
-pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
+pub async fn serve(
+    loaded: Loaded,
+    mut roles: Vec<Role>,
+    reload: crate::reload::LoadConfig,
+) -> anyhow::Result<()> {
     roles.sort();
     roles.dedup();
     let run_turn = roles.contains(&Role::Turn);
     let run_signal = roles.contains(&Role::Signal);
     let mut loaded = loaded;
+    // What SIGHUP compares a reloaded configuration with: the sources' values, before
+    // start-up adjusts them.
+    let as_loaded = loaded.config.clone();
     fit_descriptors(&mut loaded, &roles);
     if run_turn || run_signal {
         crate::cloud::resolve_external_ip(&mut loaded.config).await;
@@ -515,7 +498,18 @@ pub async fn serve(loaded: Loaded, mut roles: Vec<Role>) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         tls.spawn_watch(Duration::from_millis(config.tls.reload_interval_ms));
     }
-    on_hangup(tls.clone());
+    crate::reload::Reloader {
+        load: reload,
+        as_loaded,
+        running: config.clone(),
+        tls: tls.clone(),
+        turn: turn.as_ref().map(|tb| tb.role.control()),
+        turn_listeners: turn
+            .iter()
+            .flat_map(|tb| tb.udp.iter().chain(&tb.tls).copied())
+            .collect(),
+    }
+    .spawn();
     // The watchdog pings while every relay worker goes round its loop (and the runtime
     // that sends them runs).
     let workers = turn.as_ref().map(|tb| tb.role.metrics());

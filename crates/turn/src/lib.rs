@@ -41,7 +41,7 @@ use turn_proto::{RelayPorts, Server};
 pub use events::{AllocId, AllocationEvent, CloseReason, Traffic, Transport};
 pub use metrics::Metrics;
 pub use reservations::Reservations;
-pub use settings::{advertised_ipv4, workers};
+pub use settings::{advertised_ipv4, peer_policy_for, workers};
 pub use stream::{StreamSettings, TcpListeners, TlsSettings};
 pub use turn_proto::server::{AllocationInfo, Credentials};
 pub use worker::Control;
@@ -129,6 +129,7 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct TurnControl {
     workers: Vec<WorkerHandle>,
     credentials: Arc<ArcSwap<Credentials>>,
+    policy: Arc<ArcSwap<PeerPolicy>>,
 }
 
 impl TurnControl {
@@ -138,6 +139,13 @@ impl TurnControl {
     /// [`TurnControl::kick_clients`].
     pub fn set_credentials(&self, c: Credentials) {
         self.credentials.store(Arc::new(c));
+        self.wake_all();
+    }
+
+    /// Installs a new peer policy (a configuration reload) and wakes the workers: live
+    /// permissions and channels are judged again at their next packet.
+    pub fn set_policy(&self, policy: PeerPolicy) {
+        self.policy.store(Arc::new(policy));
         self.wake_all();
     }
 
@@ -312,6 +320,7 @@ impl TurnRole {
         let control = TurnControl {
             workers: handles,
             credentials: settings.credentials,
+            policy: settings.policy,
         };
         Ok((
             TurnRole {

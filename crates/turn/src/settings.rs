@@ -50,6 +50,21 @@ pub(crate) fn relay_addresses(
     (RelayIp { bind, advertise }, v6)
 }
 
+/// The peer policy `config` gives a relay listening on `listeners` (for a configuration
+/// reload: the relay addresses are derived as at start).
+pub fn peer_policy_for(config: &Config, listeners: &[SocketAddr]) -> PeerPolicy {
+    let (v4, v6) = relay_addresses(config, detect_v4);
+    peer_policy(config, &v4, v6.as_ref(), listeners, host_addresses)
+}
+
+/// Every address of the host's interfaces.
+fn host_addresses() -> Vec<IpAddr> {
+    crate::net::interface_addresses()
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .collect()
+}
+
 /// The IPv4 address clients are told to relay through (what ICE URLs name when
 /// `turn.public_host` is not set).
 pub fn advertised_ipv4(config: &Config) -> IpAddr {
@@ -167,12 +182,7 @@ impl TurnSettings {
     /// with `credentials`. Reads the host's default-route and interface addresses where
     /// the configuration leaves them open.
     pub fn from_config(config: &Config, listeners: &[SocketAddr], credentials: Credentials) -> TurnSettings {
-        Self::derive(config, listeners, credentials, detect_v4, || {
-            crate::net::interface_addresses()
-                .into_iter()
-                .map(|(_, ip)| ip)
-                .collect()
-        })
+        Self::derive(config, listeners, credentials, detect_v4, host_addresses)
     }
 
     fn derive(
