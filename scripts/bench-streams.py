@@ -153,6 +153,40 @@ def all_process_ticks():
     return out
 
 
+def window_figures(a, b, sent, recv, server_s, client_s, peer_s, other_s):
+    """The figures of one measurement window between samples `a` and `b`: rates, CPU per
+    relayed packet, every process's share of the cores, TCP segments and UDP drops."""
+    dt = b["t"] - a["t"]
+    relayed = sent + recv
+    peer_drops = b["peer_drops"] - a["peer_drops"]
+    return {
+        "window_s": round(dt, 3),
+        "sent": sent,
+        "received": recv,
+        "sent_per_s": sent / dt,
+        "delivered_per_s": recv / dt,
+        "relayed_per_s": relayed / dt,
+        "server_cores": server_s / dt,
+        "server_us_per_pkt": 1e6 * server_s / relayed if relayed else None,
+        "client_cores": client_s / dt,
+        "peer_cores": peer_s / dt,
+        "other_cores": other_s / dt,
+        "steal_cores": (b["steal"] - a["steal"]) / CLK_TCK / dt,
+        "tcp_segments_per_pkt": (b["tcp_segs"] - a["tcp_segs"]) / relayed if relayed else None,
+        "udp_drops_at_peer": peer_drops,
+        "udp_drops_elsewhere": (b["rcvbuf"] - a["rcvbuf"]) - peer_drops,
+    }
+
+
+def callbox_counters(a, b):
+    """callbox's own /metrics counts over the window (a cross-check of the clients')."""
+    return {
+        "callbox_relayed": b["cb_relayed"] - a["cb_relayed"],
+        "callbox_tcp_send_drop_bytes": b["cb_tcp_send_drop_bytes"] - a["cb_tcp_send_drop_bytes"],
+        "callbox_send_drops": b["cb_send_drops"] - a["cb_send_drops"],
+    }
+
+
 def other_ticks(a, b, exclude):
     """CPU ticks used between snapshots a and b by every process not in exclude."""
     return sum(t - a.get(pid, 0) for pid, t in b.items() if pid not in exclude and t >= a.get(pid, 0))
@@ -658,7 +692,6 @@ def gen_run(o, servers, server, transport, load, window_s):
     t_b = t_a + window_s
     a = b = None
     broken = None
-    ticks_before = time.process_time()
     try:
         while True:
             now = time.monotonic()
@@ -717,38 +750,22 @@ def gen_run(o, servers, server, transport, load, window_s):
     if broken or a is None or b is None:
         result["failed"] = broken or "no window"
         return result
-    dt = b["t"] - a["t"]
     sent, recv = b["sent"] - a["sent"], b["recv"] - a["recv"]
-    relayed = sent + recv
     server_s = (b["server"] - a["server"]) / CLK_TCK
     peer_s = (b["peer"] - a["peer"]) / CLK_TCK
     gen_s = b["gen"] - a["gen"]
     other_s = other_ticks(a["all"], b["all"], {spid, ppid, os.getpid()}) / CLK_TCK
-    peer_drops = b["peer_drops"] - a["peer_drops"]
     total_sent = sum(c.sent for c in conns)
     total_recv = sum(c.recv for c in conns)
+    result.update(window_figures(a, b, sent, recv, server_s, gen_s, peer_s, other_s))
     result.update({
-        "window_s": round(dt, 3),
-        "sent": sent, "received": recv,
-        "sent_per_s": sent / dt, "delivered_per_s": recv / dt, "relayed_per_s": relayed / dt,
         # over the whole run, after the drain (a window edge cuts packets in flight)
         "loss_pct": 100.0 * (1 - total_recv / total_sent) if total_sent else None,
         "generator_behind": sum(c.behind for c in conns),
-        "server_cores": server_s / dt,
-        "server_us_per_pkt": 1e6 * server_s / relayed if relayed else None,
-        "client_cores": gen_s / dt,
-        "peer_cores": peer_s / dt,
-        "other_cores": other_s / dt,
-        "steal_cores": (b["steal"] - a["steal"]) / CLK_TCK / dt,
-        "tcp_segments_per_pkt": (b["tcp_segs"] - a["tcp_segs"]) / relayed if relayed else None,
-        "udp_drops_at_peer": peer_drops,
-        "udp_drops_elsewhere": (b["rcvbuf"] - a["rcvbuf"]) - peer_drops,
         "stun_messages": sum(c.stun for c in conns),
     })
     if server == "callbox":
-        result["callbox_relayed"] = b["cb_relayed"] - a["cb_relayed"]
-        result["callbox_tcp_send_drop_bytes"] = b["cb_tcp_send_drop_bytes"] - a["cb_tcp_send_drop_bytes"]
-        result["callbox_send_drops"] = b["cb_send_drops"] - a["cb_send_drops"]
+        result.update(callbox_counters(a, b))
     return result
 
 
@@ -859,36 +876,15 @@ def relay_run(o, servers, server, transport, load, window, logfile):
         result["failed"] = f"{why}; see {os.path.basename(logfile)}"
         return result
     (a, s0, r0), (b, s1, r1) = points[0], points[-1]
-    dt = b["t"] - a["t"]
     sent, recv = s1 - s0, r1 - r0
-    relayed = sent + recv
     server_s = (b["server"] - a["server"]) / CLK_TCK
     uclient_s = (b["uclient"] - a["uclient"]) / CLK_TCK
     peer_s = (b["peer"] - a["peer"]) / CLK_TCK
     other_s = other_ticks(a["all"], b["all"], {spid, ppid, p.pid, os.getpid()}) / CLK_TCK
-    peer_drops = b["peer_drops"] - a["peer_drops"]
-    result.update({
-        "window_s": round(dt, 3),
-        "sent": sent,
-        "received": recv,
-        "sent_per_s": sent / dt,
-        "delivered_per_s": recv / dt,
-        "relayed_per_s": relayed / dt,
-        "loss_pct": 100.0 * (1 - recv / sent) if sent else None,
-        "server_cores": server_s / dt,
-        "server_us_per_pkt": 1e6 * server_s / relayed if relayed else None,
-        "client_cores": uclient_s / dt,
-        "peer_cores": peer_s / dt,
-        "other_cores": other_s / dt,
-        "steal_cores": (b["steal"] - a["steal"]) / CLK_TCK / dt,
-        "tcp_segments_per_pkt": (b["tcp_segs"] - a["tcp_segs"]) / relayed if relayed else None,
-        "udp_drops_at_peer": peer_drops,
-        "udp_drops_elsewhere": (b["rcvbuf"] - a["rcvbuf"]) - peer_drops,
-    })
+    result.update(window_figures(a, b, sent, recv, server_s, uclient_s, peer_s, other_s))
+    result["loss_pct"] = 100.0 * (1 - recv / sent) if sent else None
     if server == "callbox":
-        result["callbox_relayed"] = b["cb_relayed"] - a["cb_relayed"]
-        result["callbox_tcp_send_drop_bytes"] = b["cb_tcp_send_drop_bytes"] - a["cb_tcp_send_drop_bytes"]
-        result["callbox_send_drops"] = b["cb_send_drops"] - a["cb_send_drops"]
+        result.update(callbox_counters(a, b))
     return result
 
 

@@ -93,11 +93,12 @@ const withTimeout = (p, ms, what) =>
  * use PLAIN: the page and WebSocket over http on 10.77.0.10:8080, STUN/TURN over UDP and TCP
  * on 10.77.0.10:3478 (the ICE list has transport=udp and transport=tcp).
  */
-const PLAIN = {
-  origin: `http://${SERVER}:8080`,
-  config: [
+/** The [turn] and [signal] sections every scenario's callbox runs with, `turn` keys added. */
+function baseConfig(turn = []) {
+  return [
     "[turn]",
     `listen = ["${SERVER}:3478"]`,
+    ...turn,
     'http_listen = "127.0.0.1:0"',
     `relay_ip = "${SERVER}"`,
     "relay_port_min = 40000",
@@ -106,7 +107,12 @@ const PLAIN = {
     "[signal]",
     `listen = "${SERVER}:8080"`,
     "resume_grace = 30",
-  ],
+  ];
+}
+
+const PLAIN = {
+  origin: `http://${SERVER}:8080`,
+  config: baseConfig(),
   // getUserMedia needs a secure origin; the page is plain http on the public address.
   chromiumArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${SERVER}:8080`],
 };
@@ -136,18 +142,7 @@ const TLS443 = {
   probe: { origin: `https://${SERVER}`, env: { NODE_EXTRA_CA_CERTS: TLS_FILES.ca } },
   prepare: makeTestCerts,
   config: [
-    "[turn]",
-    `listen = ["${SERVER}:3478"]`,
-    "tls_listen = []",
-    `public_host = "${TLS_HOST}"`,
-    'http_listen = "127.0.0.1:0"',
-    `relay_ip = "${SERVER}"`,
-    "relay_port_min = 40000",
-    "relay_port_max = 40999",
-    'allow_peers = ["10.77.0.0/16"]',
-    "[signal]",
-    `listen = "${SERVER}:8080"`,
-    "resume_grace = 30",
+    ...baseConfig(["tls_listen = []", `public_host = "${TLS_HOST}"`]),
     "[tls]",
     `cert_file = "${TLS_FILES.cert}"`,
     `key_file = "${TLS_FILES.key}"`,

@@ -240,13 +240,10 @@ impl Streams {
         })
     }
 
-    /// The counters with the open connections filled in.
+    /// The counters, open connections included (kept as they open and close: this is
+    /// read at every loop turn).
     pub fn snapshot(&self) -> [StreamCounters; 2] {
-        let mut out = self.counters;
-        for (_, c) in &self.conns {
-            out[slot(c.transport)].open += 1;
-        }
-        out
+        self.counters
     }
 
     /// Accepts what listener `li` has waiting (bounded per turn); true if more may wait.
@@ -302,6 +299,7 @@ impl Streams {
                 _permit: permit,
             });
             self.counters[slot(transport)].accepted += 1;
+            self.counters[slot(transport)].open += 1;
         }
         true
     }
@@ -350,6 +348,7 @@ impl Streams {
             _permit: a.permit,
         });
         self.counters[slot(Transport::Tls)].accepted += 1;
+        self.counters[slot(Transport::Tls)].open += 1;
         Some(key)
     }
 
@@ -506,6 +505,7 @@ impl Streams {
         let _ = registry.deregister(&mut c.stream);
         self.by_peer.remove(&(c.peer, c.transport));
         let counters = &mut self.counters[slot(c.transport)];
+        counters.open -= 1;
         match why {
             Gone::BadInput => counters.bad_input += 1,
             Gone::Idle => counters.idle_closed += 1,
