@@ -399,8 +399,9 @@ unauthenticated_rate = 0
 [tls]
 cert_file = "{cert}"
 key_file = "{key}"
-# the one TLS port (443) off: TURN/TLS on turn.tls_listen only
+# the one TLS port (443) and port 80 off: TURN/TLS on turn.tls_listen only
 listen = []
+http_listen = []
 """
 
 

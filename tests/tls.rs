@@ -25,7 +25,7 @@ fn config(dir: &Path, ca: &TestCa, extra: &str) -> String {
         "[turn]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nhttp_listen = \"127.0.0.1:0\"\n\
          relay_ip = \"127.0.0.1\"\nrelay_port_min = 20000\nrelay_port_max = 30000\nallow_peers = [\"127.0.0.1/32\"]\n\
          [signal]\ntls_listen = \"127.0.0.1:0\"\n\
-         [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nreload_interval_ms = 200\n{extra}\n",
+         [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nhttp_listen = [\"127.0.0.1:0\"]\nreload_interval_ms = 200\n{extra}\n",
         cert.display(),
         key.display()
     )

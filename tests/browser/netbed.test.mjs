@@ -147,6 +147,7 @@ const TLS443 = {
     `cert_file = "${TLS_FILES.cert}"`,
     `key_file = "${TLS_FILES.key}"`,
     `listen = ["${SERVER}:443"]`,
+    "http_listen = []",
   ],
   chromiumArgs: [`--host-resolver-rules=MAP ${TLS_HOST} ${SERVER}`],
   browserEnv: (n) => ({ ...process.env, HOME: nssHome(n) }),

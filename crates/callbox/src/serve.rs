@@ -54,12 +54,15 @@ impl TurnsUrls {
     /// From configuration alone (`callbox credentials`, where nothing is bound).
     fn configured(config: &Config) -> Self {
         let t = &config.tls;
-        let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+        if !t.enabled() {
             return Self::default();
+        }
+        let name = match (&t.cert_file, &t.key_file) {
+            (Some(cert), Some(key)) => callbox_tls::LoadedCert::from_files(cert, key)
+                .ok()
+                .and_then(|c| c.dns_names.first().cloned()),
+            _ => t.acme_domains.first().cloned(),
         };
-        let name = callbox_tls::LoadedCert::from_files(cert, key)
-            .ok()
-            .and_then(|c| c.dns_names.first().cloned());
         let addrs = config
             .turn
             .tls_listen_addrs(t)
@@ -447,7 +450,7 @@ pub async fn serve(
 
     // One registry for the process: every role's /metrics serves all of it.
     let registry = Arc::new(MetricsRegistry::new());
-    let tls = Tls::open(config, &registry)?;
+    let tls = Tls::open(config, &loaded.state_dir, &registry)?;
     // Bind everything before running anything, so a bad address fails the start.
     let turn = match run_turn {
         true => Some(
@@ -471,6 +474,19 @@ pub async fn serve(
             bind_tls_listeners(config, tls, turn_control, &registry).await?
         }
         _ => TlsListeners::default(),
+    };
+    // Port 80 (HTTP-01 and redirects) goes with the one TLS port.
+    let port80 = match (&tls, run_signal) {
+        (Some(tls), true) => {
+            let https = tls_listeners.one_port_addrs.first().copied().or_else(|| {
+                tls_listeners
+                    .listeners
+                    .iter()
+                    .find_map(|l| l.listener.local_addr().ok())
+            });
+            Some(crate::tls::Port80::bind(config, tls, https, &registry).await?)
+        }
+        _ => None,
     };
     let admin_listener = match run_admin {
         true => Some(bind_tcp("admin.listen", config.admin.listen).await?),
@@ -497,6 +513,13 @@ pub async fn serve(
     let (stun_urls, turn_urls) = ice_urls(config, turn.as_ref(), turns);
     if let Some(tls) = &tls {
         tls.spawn_watch(Duration::from_millis(config.tls.reload_interval_ms));
+        // The process that answers challenges orders the certificate; others on the same
+        // state directory pick its files up through the watch.
+        let port80_runs = port80.as_ref().is_some_and(|p| !p.listeners.is_empty());
+        if run_signal && let Some(acme) = crate::tls::acme_settings(config, &loaded.state_dir, port80_runs) {
+            tracing::info!(names = ?acme.domains, directory = %acme.directory, challenge = ?acme.challenge, "ACME client started");
+            callbox_acme::spawn(acme, Arc::clone(&tls.certs), &registry);
+        }
     }
     crate::reload::Reloader {
         load: reload,
@@ -557,6 +580,14 @@ pub async fn serve(
             "signal",
             role.run(listener, tls_listeners.listeners, shutdown.wait()),
         );
+    }
+    if let Some(port80) = port80
+        && !port80.listeners.is_empty()
+    {
+        running.ready.push(("port80", join_addrs(&port80.local_addrs())));
+        for run in port80.serve(|| shutdown.wait()) {
+            running.role("port80", run);
+        }
     }
     if let (Some(listener), Some(st)) = (admin_listener, &store) {
         ensure_admin_token(st, &loaded.state_dir)?;

@@ -1,14 +1,21 @@
-//! TLS in the binary: the certificate (loaded once, reloaded on a timer and on SIGHUP),
-//! the handshake bound every TLS listener shares, and the listeners' TLS sides.
+//! TLS in the binary: the certificate (from files, or from ACME; reloaded on a timer and
+//! on SIGHUP), the handshake bound every TLS listener shares, the listeners' TLS sides,
+//! and the plain port-80 listener that answers HTTP-01 and redirects to https.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use callbox_acme::{AcmeSettings, Challenge};
 use callbox_core::Config;
+use callbox_core::config::AcmeChallenge;
 use callbox_core::metrics::MetricsRegistry;
 use callbox_http::{StunHandoff, TlsServe};
-use callbox_tls::{ALPN_H2, ALPN_HTTP1, ALPN_STUN, CertStore, HandshakeLimit, TlsMetrics, server_config};
+use callbox_tls::{
+    ALPN_ACME, ALPN_H2, ALPN_HTTP1, ALPN_STUN, CertStore, HandshakeLimit, TlsMetrics, server_config,
+};
 
 /// The process's TLS: one certificate, one bound on handshakes in flight.
 #[derive(Debug, Clone)]
@@ -18,26 +25,39 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Loads `tls.cert_file` and `tls.key_file`; `None` when no certificate is configured.
-    pub fn open(config: &Config, registry: &MetricsRegistry) -> anyhow::Result<Option<Tls>> {
+    /// Loads `tls.cert_file` and `tls.key_file`, or with ACME the certificate kept in
+    /// `state_dir` (none yet is fine: it is ordered); `None` when TLS is not configured.
+    pub fn open(
+        config: &Config,
+        state_dir: &Path,
+        registry: &MetricsRegistry,
+    ) -> anyhow::Result<Option<Tls>> {
         let t = &config.tls;
-        let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
-            return Ok(None);
+        let certs = match (&t.cert_file, &t.key_file) {
+            (Some(cert), Some(key)) => {
+                CertStore::open(cert, key, registry).context("tls.cert_file / tls.key_file")?
+            }
+            _ if t.acme() => {
+                let (cert, key) = AcmeSettings::cert_paths(&acme_dir(state_dir));
+                CertStore::open_or_empty(&cert, &key, registry)
+            }
+            _ => return Ok(None),
         };
-        let certs = CertStore::open(cert, key, registry).context("tls.cert_file / tls.key_file")?;
         Ok(Some(Tls {
             certs,
             handshakes: HandshakeLimit::new(t.max_handshakes, t.handshake_timeout()),
         }))
     }
 
-    /// The name for `turns:` URLs: `turn.public_host`, else the certificate's first DNS name.
+    /// The name for `turns:` URLs: `turn.public_host`, else the certificate's first DNS
+    /// name, else the first name ACME orders one for.
     pub fn turns_host(&self, config: &Config) -> Option<String> {
         config
             .turn
             .public_host
             .clone()
             .or_else(|| self.certs.first_dns_name())
+            .or_else(|| config.tls.acme_domains.first().cloned())
     }
 
     /// What the turn workers need for `turn.tls_listen` (ALPN `stun.turn` offered).
@@ -62,11 +82,15 @@ impl Tls {
     /// The one TLS port: HTTP, and TURN handed to `turn` when the turn role runs here.
     /// `stun.turn` comes first: rustls picks by the server's order, and a client that
     /// offers it is a TURN client even when it offers `http/1.1` too (coturn's does);
-    /// browsers never offer it.
+    /// browsers never offer it. `acme-tls/1` comes last: only ACME validators offer it,
+    /// and only it.
     pub fn one_port(&self, turn: Option<callbox_turn::TurnControl>, registry: &MetricsRegistry) -> TlsServe {
         let handoff = turn.map(|t| Arc::new(move |conn| t.adopt(conn)) as StunHandoff);
         TlsServe {
-            config: server_config(Arc::clone(&self.certs), &[ALPN_STUN, ALPN_H2, ALPN_HTTP1]),
+            config: server_config(
+                Arc::clone(&self.certs),
+                &[ALPN_STUN, ALPN_H2, ALPN_HTTP1, ALPN_ACME],
+            ),
             handshakes: self.handshakes.clone(),
             metrics: TlsMetrics::register(registry, "tls"),
             stun: Some(handoff),
@@ -88,5 +112,111 @@ impl Tls {
                 let _ = certs.reload_if_changed();
             }
         });
+    }
+}
+
+fn acme_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("acme")
+}
+
+/// The ACME client's settings, when `tls.acme_domains` is set; `port80` says whether the
+/// port-80 listener runs here (HTTP-01 is answered there, TLS-ALPN-01 on the one port).
+pub fn acme_settings(config: &Config, state_dir: &Path, port80: bool) -> Option<AcmeSettings> {
+    let t = &config.tls;
+    if !t.acme() {
+        return None;
+    }
+    let challenge = match t.acme_challenge {
+        AcmeChallenge::Http01 => Challenge::Http01,
+        AcmeChallenge::TlsAlpn01 => Challenge::TlsAlpn01,
+        AcmeChallenge::Auto if port80 => Challenge::Http01,
+        AcmeChallenge::Auto => Challenge::TlsAlpn01,
+    };
+    Some(AcmeSettings {
+        domains: t.acme_domains.clone(),
+        email: t.acme_email.clone(),
+        directory: t.acme_directory.clone(),
+        ca_file: t.acme_ca_file.clone(),
+        challenge,
+        renew_remaining_percent: t.acme_renew_remaining_percent,
+        retry_min: Duration::from_millis(t.acme_retry_min_ms),
+        retry_max: Duration::from_millis(t.acme_retry_max_ms),
+        order_timeout: Duration::from_millis(t.acme_order_timeout_ms),
+        dir: acme_dir(state_dir),
+    })
+}
+
+/// The port-80 listeners (`tls.http_listen`), bound.
+#[derive(Debug)]
+pub struct Port80 {
+    pub listeners: Vec<tokio::net::TcpListener>,
+    router: axum::Router,
+    limits: Arc<callbox_http::ConnectionLimits>,
+    metrics: Arc<callbox_http::ListenerMetrics>,
+}
+
+impl Port80 {
+    /// Binds `tls.http_listen` under the one TLS port's connection caps (counted apart).
+    /// Redirects name `https` (the bound one TLS port, else `signal.tls_listen`), else 443.
+    pub async fn bind(
+        config: &Config,
+        tls: &Tls,
+        https: Option<SocketAddr>,
+        registry: &MetricsRegistry,
+    ) -> anyhow::Result<Port80> {
+        let t = &config.tls;
+        let https_port = https.map_or(443, |a| a.port());
+        let limits = callbox_http::ConnectionLimits::new(callbox_http::Limits {
+            max_connections: t.max_connections,
+            max_per_address: t.max_connections_per_address,
+            ipv6_prefix: config.signal.ipv6_prefix_len,
+            header_timeout: Duration::from_millis(config.signal.header_timeout_ms),
+        });
+        let mut listeners = Vec::new();
+        for (i, addr) in t.http_listen_addrs().into_iter().enumerate() {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => listeners.push(l),
+                // The default listens on [::] too; a host without IPv6 runs on IPv4.
+                Err(e) if addr.is_ipv6() && t.http_listen.is_none() => {
+                    tracing::warn!(%addr, error = %e, "IPv6 port-80 listener not available; continuing without it");
+                }
+                Err(e) => return Err(e).with_context(|| format!("binding tls.http_listen.{i} {addr}")),
+            }
+        }
+        Ok(Port80 {
+            listeners,
+            router: callbox_http::port80_router(Arc::clone(tls.certs.challenges()), https_port),
+            metrics: callbox_http::ListenerMetrics::register(registry, "http", Arc::clone(&limits)),
+            limits,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves every listener until `shutdown` resolves for each.
+    pub fn serve<F>(
+        self,
+        shutdown: impl Fn() -> F,
+    ) -> Vec<impl std::future::Future<Output = std::io::Result<()>> + Send + 'static>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.listeners
+            .into_iter()
+            .map(|l| {
+                callbox_http::serve(
+                    l,
+                    self.router.clone(),
+                    Arc::clone(&self.limits),
+                    Arc::clone(&self.metrics),
+                    shutdown(),
+                )
+            })
+            .collect()
     }
 }

@@ -432,7 +432,51 @@ pub struct Tls {
     /// `signal.ipv6_prefix_len`). A connection handed to TURN stays counted here.
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// Plain HTTP (port 80): answers ACME HTTP-01 challenges and redirects every other
+    /// request to https on the same host. Default when a certificate or ACME is
+    /// configured: `["0.0.0.0:80", "[::]:80"]`; `[]` turns it off. Runs with the signal
+    /// role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<Vec<SocketAddr>>,
+    /// Names to obtain a certificate for by ACME (RFC 8555); the first is the certificate's
+    /// subject. Empty: no ACME. Not with `cert_file`/`key_file`.
+    pub acme_domains: Vec<String>,
+    /// The account's contact address (optional; the CA mails expiry warnings to it).
+    pub acme_email: Option<String>,
+    /// The ACME directory URL. Let's Encrypt by default; its staging directory is
+    /// `https://acme-staging-v02.api.letsencrypt.org/directory`.
+    pub acme_directory: String,
+    /// A PEM file with the root the ACME server's HTTPS certificate chains to, for a
+    /// private CA (step-ca, pebble); unset: the system's roots.
+    pub acme_ca_file: Option<PathBuf>,
+    /// Which challenge to answer: `auto` (HTTP-01 when `http_listen` runs, else
+    /// TLS-ALPN-01 on the one TLS port), `http-01` or `tls-alpn-01`.
+    pub acme_challenge: AcmeChallenge,
+    /// Renew once less than this percentage of the certificate's lifetime remains (33:
+    /// day 60 of a 90-day certificate, as Let's Encrypt advises; day 4 of a 6-day one).
+    pub acme_renew_remaining_percent: u8,
+    /// The first retry after a failed order, in milliseconds; doubled after each failure
+    /// up to `acme_retry_max_ms`.
+    pub acme_retry_min_ms: u64,
+    pub acme_retry_max_ms: u64,
+    /// Milliseconds one order may take, from creating it to downloading the certificate.
+    pub acme_order_timeout_ms: u64,
 }
+
+/// The ACME challenge type callbox answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 impl Default for Tls {
     fn default() -> Self {
@@ -445,14 +489,41 @@ impl Default for Tls {
             reload_interval_ms: 5_000,
             max_connections: 4096,
             max_connections_per_address: 64,
+            http_listen: None,
+            acme_domains: Vec::new(),
+            acme_email: None,
+            acme_directory: LETS_ENCRYPT_DIRECTORY.to_string(),
+            acme_ca_file: None,
+            acme_challenge: AcmeChallenge::Auto,
+            acme_renew_remaining_percent: 33,
+            acme_retry_min_ms: 60_000,
+            acme_retry_max_ms: 6 * 3600 * 1000,
+            acme_order_timeout_ms: 120_000,
         }
     }
 }
 
 impl Tls {
-    /// Whether a certificate is configured.
+    /// Whether a certificate is configured: files, or names to obtain one for by ACME.
     pub fn enabled(&self) -> bool {
-        self.cert_file.is_some()
+        self.cert_file.is_some() || self.acme()
+    }
+
+    /// Whether the certificate comes from ACME.
+    pub fn acme(&self) -> bool {
+        !self.acme_domains.is_empty()
+    }
+
+    /// The plain HTTP listener's addresses in force (defaults applied).
+    pub fn http_listen_addrs(&self) -> Vec<SocketAddr> {
+        match (&self.http_listen, self.enabled()) {
+            (Some(l), true) => l.clone(),
+            (None, true) => vec![
+                "0.0.0.0:80".parse().expect("literal"),
+                "[::]:80".parse().expect("literal"),
+            ],
+            (_, false) => vec![],
+        }
     }
 
     pub fn handshake_timeout(&self) -> Duration {

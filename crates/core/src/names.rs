@@ -335,3 +335,54 @@ mod tests {
         assert_eq!(r.to_string(), "abuse");
     }
 }
+
+/// Whether `s` is a DNS host name a public CA could issue for: dot-separated labels of
+/// 1-63 letters, digits and hyphens (not at a label's ends), 253 characters at most,
+/// the last label not all digits (so never an IPv4 address), no wildcard.
+pub fn valid_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod dns_name_tests {
+    use super::valid_dns_name;
+
+    #[test]
+    fn host_names_pass_and_the_rest_does_not() {
+        for ok in [
+            "callbox.example.com",
+            "a.test",
+            "xn--bcher-kva.example",
+            "host",
+            "a-b.c.",
+        ] {
+            assert!(valid_dns_name(ok), "{ok}");
+        }
+        let long = format!("{}.test", "a".repeat(64));
+        for bad in [
+            "",
+            "*.example.com",
+            "192.0.2.1",
+            "-a.test",
+            "a-.test",
+            "a..test",
+            "a_b.test",
+            &long,
+            "a b.test",
+        ] {
+            assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+}

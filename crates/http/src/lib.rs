@@ -20,11 +20,13 @@ mod bearer;
 mod counted;
 mod limits;
 mod metrics;
+mod redirect;
 mod serve;
 mod tls;
 
 pub use bearer::bearer;
 pub use limits::{ConnectionLimits, Limits, Permit, Refusal};
 pub use metrics::ListenerMetrics;
+pub use redirect::port80_router;
 pub use serve::serve;
 pub use tls::{StunHandoff, TlsHandoff, TlsServe, serve_tls};

@@ -127,6 +127,8 @@ async fn route(stream: TlsStream, remote: SocketAddr, conn: ConnContext, tls: &T
             hand_off(stream, remote, Vec::new(), handoff);
         }
         (Alpn::Stun, _) => TlsMetrics::count(&m.turn_unavailable),
+        // The validator has seen the challenge certificate; there is nothing to serve.
+        (Alpn::Acme, _) => {}
         (Alpn::None, None) => conn.serve(stream, remote, Protocol::Http1).await,
         (Alpn::None, Some(handoff)) => {
             let mut stream = stream;

@@ -33,6 +33,8 @@ pub struct CallboxProcess {
     pub tls: Vec<SocketAddr>,
     /// Its HTTPS listener (`signal.tls_listen`).
     pub signal_tls: Option<SocketAddr>,
+    /// Its plain port-80 listeners (`tls.http_listen`: HTTP-01 and redirects).
+    pub port80: Vec<SocketAddr>,
     pub state_dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
 }
@@ -154,6 +156,7 @@ impl CallboxProcess {
         let udp = addrs("udp");
         let turn_tls = addrs("turn_tls");
         let tls = addrs("tls");
+        let port80 = addrs("port80");
         let signal_tls = field("signal_tls").and_then(|v| v.parse().ok());
         let http = field("http").and_then(|v| v.parse().ok());
         let signal = field("signal").and_then(|v| v.parse().ok());
@@ -167,6 +170,7 @@ impl CallboxProcess {
             turn_tls,
             tls,
             signal_tls,
+            port80,
             state_dir,
             log,
         }

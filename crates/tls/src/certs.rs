@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::challenges::{ALPN_ACME, AcmeChallenges};
 use crate::metrics::CertMetrics;
 
 /// Why a certificate or key file could not be used.
@@ -37,11 +38,14 @@ pub enum TlsError {
     Mismatch(rustls::Error),
 }
 
-/// A loaded certificate chain with its key, and the DNS names of its first certificate.
+/// A loaded certificate chain with its key, and the DNS names and validity of its first
+/// certificate.
 #[derive(Debug)]
 pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     pub dns_names: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 impl LoadedCert {
@@ -75,6 +79,10 @@ impl LoadedCert {
             message: format!("{e:?}"),
         })?;
         let dns_names = parsed.valid_dns_names().map(str::to_string).collect();
+        let (not_before, not_after) = validity(leaf).map_err(|message| TlsError::Certificate {
+            path: cert_path.to_path_buf(),
+            message,
+        })?;
         let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
             rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
                 path: key_path.to_path_buf(),
@@ -94,8 +102,24 @@ impl LoadedCert {
         Ok(Self {
             key: Arc::new(key),
             dns_names,
+            not_before,
+            not_after,
         })
     }
+}
+
+/// The leaf's notBefore and notAfter (webpki checks them but does not expose them).
+fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        match u64::try_from(secs) {
+            Ok(s) => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            Err(_) => SystemTime::UNIX_EPOCH,
+        }
+    };
+    let v = cert.validity();
+    Ok((at(v.not_before), at(v.not_after)))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -126,10 +150,13 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// The certificate every TLS listener of the process presents. New handshakes get the
 /// certificate in force when they start; live sessions keep the one they began with.
+/// With ACME there may be none yet: handshakes then fail (counted) until it is issued,
+/// except TLS-ALPN-01 validations, which get their challenge certificate.
 pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
-    current: ArcSwap<LoadedCert>,
+    current: ArcSwapOption<LoadedCert>,
+    challenges: Arc<AcmeChallenges>,
     /// The files as they were at the last load attempt, good or bad.
     seen: Mutex<(Option<Stamp>, Option<Stamp>)>,
     metrics: Arc<CertMetrics>,
@@ -140,7 +167,10 @@ impl fmt::Debug for CertStore {
         f.debug_struct("CertStore")
             .field("cert_path", &self.cert_path)
             .field("key_path", &self.key_path)
-            .field("dns_names", &self.current.load().dns_names)
+            .field(
+                "dns_names",
+                &self.current.load().as_ref().map(|c| c.dns_names.clone()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -155,24 +185,70 @@ impl CertStore {
     ) -> Result<Arc<Self>, TlsError> {
         let seen = (stamp(cert_path), stamp(key_path));
         let loaded = LoadedCert::from_files(cert_path, key_path)?;
-        let metrics = CertMetrics::register(registry);
-        Ok(Arc::new(Self {
-            cert_path: cert_path.to_path_buf(),
-            key_path: key_path.to_path_buf(),
-            current: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new(seen),
-            metrics,
-        }))
+        Ok(Self::with(cert_path, key_path, Some(loaded), seen, registry))
     }
 
-    /// The certificate in force.
-    pub fn current(&self) -> Arc<LoadedCert> {
+    /// As [`CertStore::open`] for files that an ACME client writes: missing or unusable
+    /// files leave the store empty (logged) until they load.
+    pub fn open_or_empty(
+        cert_path: &Path,
+        key_path: &Path,
+        registry: &callbox_core::metrics::MetricsRegistry,
+    ) -> Arc<Self> {
+        let seen = (stamp(cert_path), stamp(key_path));
+        let loaded = match LoadedCert::from_files(cert_path, key_path) {
+            Ok(l) => Some(l),
+            Err(TlsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored certificate does not load; a new one is needed");
+                None
+            }
+        };
+        Self::with(cert_path, key_path, loaded, seen, registry)
+    }
+
+    fn with(
+        cert_path: &Path,
+        key_path: &Path,
+        loaded: Option<LoadedCert>,
+        seen: (Option<Stamp>, Option<Stamp>),
+        registry: &callbox_core::metrics::MetricsRegistry,
+    ) -> Arc<Self> {
+        let current = ArcSwapOption::from_pointee(loaded);
+        let metrics = CertMetrics::register(registry);
+        let store = Arc::new(Self {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current,
+            challenges: Arc::default(),
+            seen: Mutex::new(seen),
+            metrics,
+        });
+        store.metrics.set_in_force(store.current().as_deref());
+        store
+    }
+
+    /// The certificate in force, if there is one.
+    pub fn current(&self) -> Option<Arc<LoadedCert>> {
         self.current.load_full()
     }
 
     /// The first DNS name of the certificate in force (the host of `turns:` URLs).
     pub fn first_dns_name(&self) -> Option<String> {
-        self.current.load().dns_names.first().cloned()
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|c| c.dns_names.first().cloned())
+    }
+
+    /// The ACME challenge answers this process presents.
+    pub fn challenges(&self) -> &Arc<AcmeChallenges> {
+        &self.challenges
+    }
+
+    /// The files the certificate is read from (and an ACME client writes).
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert_path, &self.key_path)
     }
 
     /// Reads the files again and puts them in force if they load; otherwise the
@@ -187,7 +263,8 @@ impl CertStore {
                     names = ?loaded.dns_names,
                     "TLS certificate loaded"
                 );
-                self.current.store(Arc::new(loaded));
+                self.metrics.set_in_force(Some(&loaded));
+                self.current.store(Some(Arc::new(loaded)));
                 self.metrics.reloaded();
                 Ok(())
             }
@@ -211,8 +288,13 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.current.load().key))
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737: a validation connection offers only acme-tls/1 and must get the
+        // challenge certificate for its SNI, never the real one.
+        if hello.alpn().is_some_and(|mut a| a.any(|p| p == ALPN_ACME)) {
+            return self.challenges.tls_alpn01(hello.server_name()?);
+        }
+        self.current.load().as_ref().map(|c| Arc::clone(&c.key))
     }
 }
 

@@ -9,12 +9,14 @@
 //! STUN can move from the HTTP acceptor to a TURN worker with its TLS state.
 
 mod certs;
+mod challenges;
 mod handshakes;
 mod metrics;
 mod server_config;
 mod sniff;
 
 pub use certs::{CertStore, LoadedCert, TlsError};
+pub use challenges::{ALPN_ACME, AcmeChallenges};
 pub use handshakes::{HandshakeLimit, HandshakeSlot};
 pub use metrics::TlsMetrics;
 pub use rustls;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counters};
+use callbox_core::metrics::{DescriptorEncoder, Labels, MetricsRegistry, counters, gauge};
 use prometheus_client::collector::Collector;
 
 /// One TLS listener's counters (`listener` label).
@@ -121,11 +121,13 @@ impl Collector for Listeners {
     }
 }
 
-/// Certificate reloads by outcome.
+/// Certificate reloads by outcome, and the validity of the certificate in force.
 #[derive(Debug, Default)]
 pub(crate) struct CertMetrics {
     ok: AtomicU64,
     error: AtomicU64,
+    /// Unix seconds; 0 while there is no certificate.
+    not_after: AtomicU64,
 }
 
 impl CertMetrics {
@@ -142,6 +144,15 @@ impl CertMetrics {
     pub(crate) fn failed(&self) {
         self.error.fetch_add(1, Relaxed);
     }
+
+    pub(crate) fn set_in_force(&self, cert: Option<&crate::LoadedCert>) {
+        let secs = cert.map_or(0, |c| {
+            c.not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+        self.not_after.store(secs, Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -157,6 +168,12 @@ impl Collector for CertCollector {
                 (&[("result", "ok")], self.0.ok.load(Relaxed)),
                 (&[("result", "error")], self.0.error.load(Relaxed)),
             ],
+        )?;
+        gauge(
+            &mut enc,
+            "callbox_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate in force expires (notAfter, Unix seconds); 0 while there is none.",
+            i64::try_from(self.0.not_after.load(Relaxed)).unwrap_or(i64::MAX),
         )
     }
 }

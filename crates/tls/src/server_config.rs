@@ -18,6 +18,8 @@ pub enum Alpn {
     Stun,
     H2,
     Http1,
+    /// An ACME TLS-ALPN-01 validation: it ends with the handshake.
+    Acme,
     /// The client sent no ALPN (or one we do not offer was not agreed).
     None,
 }
@@ -28,6 +30,7 @@ impl Alpn {
             Some(ALPN_STUN) => Alpn::Stun,
             Some(ALPN_H2) => Alpn::H2,
             Some(ALPN_HTTP1) => Alpn::Http1,
+            Some(crate::ALPN_ACME) => Alpn::Acme,
             _ => Alpn::None,
         }
     }

@@ -239,3 +239,58 @@ fn tls_listeners_need_a_certificate_and_default_with_one() {
     .unwrap();
     assert!(off.tls.listen_addrs().is_empty() && off.turn.tls_listen_addrs(&off.tls).is_empty());
 }
+
+#[test]
+fn acme_keys_are_checked_with_their_names() {
+    let errs = |text: &str| -> Vec<String> {
+        Config::load(Some(&file(text)), &[])
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| format!("{}: {}", e.key.as_deref().unwrap_or("-"), e.message))
+            .collect()
+    };
+    let ok = "[tls]\nacme_domains = [\"callbox.example.com\"]\nacme_email = \"ops@example.com\"\n";
+    assert_eq!(errs(ok), Vec::<String>::new());
+    let c = Config::load(Some(&file(ok)), &[]).unwrap();
+    assert!(c.tls.enabled() && c.tls.acme());
+    assert_eq!(c.tls.http_listen_addrs().len(), 2, "port 80 by default with ACME");
+    assert_eq!(c.tls.listen_addrs().len(), 2, "port 443 by default with ACME");
+
+    let bad = "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
+               acme_domains = [\"ok.example.com\", \"*.example.com\", \"192.0.2.1\"]\n\
+               acme_email = \"not-an-address\"\nacme_directory = \"ftp://ca\"\n\
+               acme_renew_remaining_percent = 95\nacme_retry_min_ms = 10\nacme_retry_max_ms = 5\n\
+               acme_order_timeout_ms = 0\n";
+    let got = errs(bad);
+    for key in [
+        "tls.acme_domains:",
+        "tls.acme_domains.1:",
+        "tls.acme_domains.2:",
+        "tls.acme_email:",
+        "tls.acme_directory:",
+        "tls.acme_renew_remaining_percent:",
+        "tls.acme_retry_max_ms:",
+        "tls.acme_order_timeout_ms:",
+    ] {
+        assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
+
+    let nowhere = "[tls]\nacme_domains = [\"a.example.com\"]\nlisten = []\nhttp_listen = []\n";
+    assert!(
+        errs(nowhere).iter().any(|e| e.starts_with("tls.acme_challenge:")),
+        "{:?}",
+        errs(nowhere)
+    );
+    let alpn_without_port =
+        "[tls]\nacme_domains = [\"a.example.com\"]\nlisten = []\nacme_challenge = \"tls-alpn-01\"\n";
+    assert!(errs(alpn_without_port)[0].contains("tls.listen"));
+    let unknown = "[tls]\nacme_domains = [\"a.example.com\"]\nacme_challenge = \"dns-01\"\n";
+    assert!(
+        errs(unknown)[0].starts_with("tls.acme_challenge:"),
+        "{:?}",
+        errs(unknown)
+    );
+    let http_without_tls = "[tls]\nhttp_listen = [\"127.0.0.1:8080\"]\n";
+    assert!(errs(http_without_tls)[0].starts_with("tls.http_listen:"));
+}

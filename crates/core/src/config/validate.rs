@@ -114,6 +114,9 @@ impl Config {
         for (i, a) in self.tls.listen_addrs().into_iter().enumerate() {
             listeners.push((format!("tls.listen.{i}"), a));
         }
+        for (i, a) in self.tls.http_listen_addrs().into_iter().enumerate() {
+            listeners.push((format!("tls.http_listen.{i}"), a));
+        }
         listeners.push(("admin.listen".into(), self.admin.listen));
         for (key, addr) in listeners {
             if addr.port() != 0 && relay_range.contains(&addr.port()) {
@@ -256,6 +259,7 @@ impl Config {
             (None, Some(_)) => p.push(("tls.cert_file".into(), "is required with tls.key_file".into())),
             _ => {}
         }
+        validate_acme(tls, &mut p);
         if !tls.enabled() {
             let asked = [
                 ("tls.listen", tls.listen.as_ref().is_some_and(|l| !l.is_empty())),
@@ -264,12 +268,16 @@ impl Config {
                     t.tls_listen.as_ref().is_some_and(|l| !l.is_empty()),
                 ),
                 ("signal.tls_listen", sg.tls_listen.is_some()),
+                (
+                    "tls.http_listen",
+                    tls.http_listen.as_ref().is_some_and(|l| !l.is_empty()),
+                ),
             ];
             for (key, set) in asked {
                 if set {
                     p.push((
                         key.into(),
-                        "needs a certificate: set tls.cert_file and tls.key_file".into(),
+                        "needs a certificate: set tls.cert_file and tls.key_file, or tls.acme_domains".into(),
                     ));
                 }
             }
@@ -316,5 +324,72 @@ impl Config {
             }
         }
         p
+    }
+}
+
+/// The ACME keys: names a CA can issue for by HTTP-01 or TLS-ALPN-01, one source of the
+/// certificate, a listener to answer the chosen challenge on, sane retry bounds.
+fn validate_acme(tls: &super::Tls, p: &mut Vec<(String, String)>) {
+    if !tls.acme() {
+        return;
+    }
+    if tls.cert_file.is_some() {
+        p.push((
+            "tls.acme_domains".into(),
+            "cannot be used with tls.cert_file: the certificate comes from one or the other".into(),
+        ));
+    }
+    for (i, d) in tls.acme_domains.iter().enumerate() {
+        if !crate::names::valid_dns_name(d) {
+            p.push((
+                format!("tls.acme_domains.{i}"),
+                format!(
+                    "`{d}` is not a DNS name (HTTP-01 and TLS-ALPN-01 cannot issue wildcards or IP addresses)"
+                ),
+            ));
+        }
+    }
+    if let Some(e) = &tls.acme_email
+        && (e.contains(char::is_whitespace)
+            || e.split_once('@')
+                .is_none_or(|(u, h)| u.is_empty() || h.is_empty()))
+    {
+        p.push(("tls.acme_email".into(), format!("`{e}` is not an email address")));
+    }
+    if !(tls.acme_directory.starts_with("https://") || tls.acme_directory.starts_with("http://")) {
+        p.push((
+            "tls.acme_directory".into(),
+            format!("`{}` is not an http(s) URL", tls.acme_directory),
+        ));
+    }
+    let http = !tls.http_listen_addrs().is_empty();
+    let alpn = !tls.listen_addrs().is_empty();
+    let (ok, needs) = match tls.acme_challenge {
+        super::AcmeChallenge::Auto => (http || alpn, "tls.http_listen or tls.listen"),
+        super::AcmeChallenge::Http01 => (http, "tls.http_listen"),
+        super::AcmeChallenge::TlsAlpn01 => (alpn, "tls.listen"),
+    };
+    if !ok {
+        p.push((
+            "tls.acme_challenge".into(),
+            format!("the challenge is answered on {needs}, which is turned off"),
+        ));
+    }
+    if !(1..=90).contains(&tls.acme_renew_remaining_percent) {
+        p.push(("tls.acme_renew_remaining_percent".into(), "must be 1-90".into()));
+    }
+    for (key, v) in [
+        ("tls.acme_retry_min_ms", tls.acme_retry_min_ms),
+        ("tls.acme_order_timeout_ms", tls.acme_order_timeout_ms),
+    ] {
+        if v == 0 {
+            p.push((key.into(), "must be at least 1".into()));
+        }
+    }
+    if tls.acme_retry_max_ms < tls.acme_retry_min_ms {
+        p.push((
+            "tls.acme_retry_max_ms".into(),
+            "must be at least tls.acme_retry_min_ms".into(),
+        ));
     }
 }
