@@ -33,6 +33,7 @@ expect '-rw-r--r--' '0/0' 'usr/lib/systemd/system/callbox@.service'
 info=$(dpkg-deb -I "$deb")
 grep -q '/etc/callbox/callbox.toml' < <(dpkg-deb -I "$deb" conffiles) || fail "callbox.toml is not a conffile"
 grep -Eq '^ Depends:.*adduser' <<<"$info" || fail "no Depends on adduser: $info"
+grep -Eq '^ Recommends:.*ca-certificates' <<<"$info" || fail "no Recommends on ca-certificates (ACME's roots): $info"
 postinst=$(dpkg-deb -I "$deb" postinst)
 grep -q 'adduser --system --group' <<<"$postinst" || fail "postinst creates no system user"
 grep -q 'systemctl' <<<"$postinst" || fail "postinst does not enable the unit"
