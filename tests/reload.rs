@@ -84,3 +84,87 @@ fn the_peer_policy_changes_live_other_keys_wait_and_errors_are_refused() {
     assert_eq!(client.create_permission(&[peer]).class, Class::Success);
     assert_eq!(server.http_get("/healthz").0, 200);
 }
+
+#[test]
+fn secrets_static_users_and_the_log_level_change_live() {
+    const OLD: &str = "first-shared-secret-0123456789abcdef";
+    const NEW: &str = "second-shared-secret-0123456789abcdef";
+    let auth = |secrets: &[&str], bob: &str, level: &str| {
+        let list: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+        config(&format!(
+            "[general]\nlog_level = \"{level}\"\n[auth]\nsecrets = [{}]\n\
+             static_users = [{{ name = \"bob\", password = \"{bob}\" }}]\n",
+            list.join(", ")
+        ))
+    };
+    // CALLBOX_LOG empty: the configuration decides the level.
+    let server = CallboxProcess::start_with(
+        BIN,
+        &auth(&[OLD], "bob-password-one", "info"),
+        &[],
+        &[("CALLBOX_LOG", "")],
+    );
+    let rest = |secret: &str| {
+        let (user, pass) = mint(&Secret::new(secret), "carol", now(), 600);
+        TurnClient::new(server.udp_v4(), &user, &pass, "callbox").allocate()
+    };
+    assert_eq!(rest(OLD).class, Class::Success);
+    assert_eq!(rest(NEW).code, Some(401));
+    let mut bob = TurnClient::new(server.udp_v4(), "bob", "bob-password-one", "callbox");
+    assert_eq!(bob.allocate().class, Class::Success);
+    assert_eq!(bob.refresh(600).class, Class::Success);
+    assert!(!server.output().contains("allocation refreshed"), "debug is off");
+
+    let out = reload(&server, &auth(&[NEW], "bob-password-two", "debug"), 1);
+    let line = out
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(
+        line.contains("applied=auth.secrets,auth.static_users,general.log_level"),
+        "{line}"
+    );
+    // The access loop applies them within its next turn.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rest(NEW).class != Class::Success {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new secret never verified:\n{}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rest(OLD).code, Some(401), "the old secret is gone");
+    let mut bob2 = TurnClient::new(server.udp_v4(), "bob", "bob-password-two", "callbox");
+    assert_eq!(bob2.allocate().class, Class::Success);
+    assert_eq!(bob2.refresh(600).class, Class::Success);
+    // The kick travels through each worker's control queue: it lands within a loop turn.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bob.refresh(600).class == Class::Success {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's allocation under the old password was not ended:\n{}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut bob_old = TurnClient::new(server.udp_v4(), "bob", "bob-password-one", "callbox");
+    assert_eq!(bob_old.allocate().code, Some(401));
+    assert!(server.output().contains("allocation refreshed"), "debug is on");
+
+    // Moving secrets from the file to the store waits for a restart.
+    let out = reload(
+        &server,
+        &config(
+            "[general]\nlog_level = \"debug\"\n[auth]\nstatic_users = [{ name = \"bob\", password = \"bob-password-two\" }]\n",
+        ),
+        2,
+    );
+    let line = out
+        .lines()
+        .filter(|l| l.contains("configuration reloaded"))
+        .nth(1)
+        .unwrap();
+    assert!(line.contains("at_next_restart=auth.secrets"), "{line}");
+    assert_eq!(rest(NEW).class, Class::Success);
+}

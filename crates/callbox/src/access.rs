@@ -56,6 +56,32 @@ impl Snapshot {
     }
 }
 
+/// The access keys of the configuration (`auth.secrets`, `auth.static_users`), as a
+/// reload replaces them.
+#[derive(Debug, Clone)]
+pub struct FromConfig {
+    pub secrets: Option<SecretSet>,
+    pub users: HashMap<String, LongTermKey>,
+}
+
+impl FromConfig {
+    pub fn of(config: &callbox_core::Config) -> Self {
+        let realm = &config.turn.realm;
+        Self {
+            secrets: SecretSet::new(config.auth.secrets.clone()),
+            users: config
+                .auth
+                .static_users
+                .iter()
+                .map(|u| {
+                    let key = callbox_core::credentials::long_term_key(&u.name, realm, u.password.expose());
+                    (u.name.clone(), key)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Where snapshots come from and where they go.
 pub struct Access {
     /// `None` when the store could not be opened: the roles run on their first snapshot.
@@ -69,6 +95,8 @@ pub struct Access {
     pub config_users: HashMap<String, LongTermKey>,
     pub retention_days: u64,
     pub changed: Arc<tokio::sync::Notify>,
+    /// New configuration access keys from a reload.
+    pub reloaded: Option<tokio::sync::mpsc::Receiver<FromConfig>>,
     pub turn: Option<TurnControl>,
     pub signal: Option<callbox_signal::SignalControl>,
 }
@@ -159,6 +187,32 @@ impl Access {
         );
     }
 
+    /// Puts a reloaded configuration's secrets and static users in force. Users it
+    /// removed, or whose password it changed, lose their allocations (unless the store
+    /// still has the name).
+    fn replace_from_config(&mut self, next: FromConfig, current: &Snapshot) {
+        let in_store = |name: &String| current.users.iter().any(|u| &u.name == name);
+        let dropped: Vec<String> = self
+            .config_users
+            .iter()
+            .filter(|(name, key)| next.users.get(*name) != Some(key) && !in_store(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.config_secrets = next.secrets;
+        self.config_users = next.users;
+        self.apply(current, current);
+        if let Some(turn) = &self.turn {
+            for name in &dropped {
+                turn.kick_user(name);
+            }
+        }
+        tracing::info!(
+            static_users = self.config_users.len(),
+            dropped = dropped.len(),
+            "auth keys from the configuration applied"
+        );
+    }
+
     async fn read(&self) -> Option<Snapshot> {
         let store = Arc::clone(self.store.as_ref()?);
         let realm = self.realm.clone();
@@ -209,12 +263,20 @@ impl Access {
     }
 
     /// Applies snapshots as they change, starting from the one the roles started with.
-    pub async fn run(self, mut current: Snapshot) {
+    pub async fn run(mut self, mut current: Snapshot) {
         let mut last_prune = None::<tokio::time::Instant>;
+        let mut reloaded = self.reloaded.take();
         loop {
+            let reload = async {
+                match reloaded.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.changed.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
+                Some(next) = reload => self.replace_from_config(next, &current),
             }
             if let Some(next) = self.read().await
                 && next != current

@@ -1,12 +1,50 @@
 //! Logs go to journald when systemd started us (JOURNAL_STREAM is set), else to stdout.
+//! The level is `general.log_level` unless `CALLBOX_LOG` is set (non-empty), and a reload
+//! can change it while running.
+
+use std::sync::OnceLock;
 
 use callbox_core::config::{General, LogFormat};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// The filter in force, replaceable by [`set_level`]; unset when `CALLBOX_LOG` decides.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// `CALLBOX_LOG`, when set and not empty.
+fn from_env() -> Option<String> {
+    std::env::var("CALLBOX_LOG").ok().filter(|v| !v.trim().is_empty())
+}
+
+/// What happened to a new `general.log_level`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LevelChange {
+    Applied,
+    /// `CALLBOX_LOG` is set and wins.
+    OverriddenByEnv,
+}
+
+/// Puts `level` (an `EnvFilter` directive, e.g. `info` or `info,callbox_turn=debug`) in
+/// force for every later event.
+pub fn set_level(level: &str) -> Result<LevelChange, String> {
+    let Some(handle) = LEVEL.get() else {
+        return Ok(LevelChange::OverriddenByEnv);
+    };
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    Ok(LevelChange::Applied)
+}
 
 pub fn init(general: &General) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_from_env("CALLBOX_LOG").or_else(|_| EnvFilter::try_new(&general.log_level))?;
+    let env = from_env();
+    let filter = match &env {
+        Some(v) => EnvFilter::try_new(v)?,
+        None => EnvFilter::try_new(&general.log_level)?,
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    if env.is_none() {
+        let _ = LEVEL.set(handle);
+    }
     let want_journald = match general.log_format {
         LogFormat::Journald => true,
         LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),

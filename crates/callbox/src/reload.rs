@@ -3,9 +3,16 @@
 //! The TLS certificate is read again. The configuration is loaded again from the same
 //! sources (file, environment, flags): one with an error is refused, each error logged with
 //! its key and location, and the running configuration stays. Otherwise every changed key
-//! is logged: the peer policy (`turn.allow_peers`, `turn.deny_peers`) takes effect at once
-//! (live permissions and channels are judged again at their next packet); every other key
-//! at the next restart.
+//! is logged, and these take effect at once:
+//! - the peer policy (`turn.allow_peers`, `turn.deny_peers`): live permissions and
+//!   channels are judged again at their next packet;
+//! - `auth.secrets` (new values; switching between secrets in the file and secrets in the
+//!   store waits for a restart, since admin's rotation depends on it) and
+//!   `auth.static_users`: new credentials verify at once, and users removed or given a
+//!   new password lose their allocations;
+//! - `general.log_level` (unless `CALLBOX_LOG` is set, which wins).
+//!
+//! Every other key waits for the next restart.
 
 use std::net::SocketAddr;
 
@@ -19,8 +26,14 @@ use crate::tls::Tls;
 /// Loads the configuration again from the sources the process started with.
 pub type LoadConfig = Box<dyn Fn() -> Result<Loaded, Vec<ConfigError>> + Send + Sync>;
 
-/// Keys that take effect without a restart.
-pub const LIVE_KEYS: &[&str] = &["turn.allow_peers", "turn.deny_peers"];
+/// Keys that take effect without a restart (`auth.secrets` with the exception above).
+pub const LIVE_KEYS: &[&str] = &[
+    "turn.allow_peers",
+    "turn.deny_peers",
+    "auth.secrets",
+    "auth.static_users",
+    "general.log_level",
+];
 
 /// What a reload needs: how to load, what runs, and the configuration in force.
 pub struct Reloader {
@@ -32,6 +45,8 @@ pub struct Reloader {
     /// the open-files limit, `external_ip = "auto"` resolved).
     pub running: Config,
     pub tls: Option<Tls>,
+    /// The access loop, which puts new secrets and static users in force.
+    pub access: tokio::sync::mpsc::Sender<crate::access::FromConfig>,
     pub turn: Option<callbox_turn::TurnControl>,
     /// The relay's own listener addresses (its peer policy refuses them).
     pub turn_listeners: Vec<SocketAddr>,
@@ -77,15 +92,57 @@ impl Reloader {
             tracing::info!("configuration reloaded: nothing changed");
             return;
         }
-        let (live, later): (Vec<&String>, Vec<&String>) =
-            changed.iter().partition(|k| LIVE_KEYS.contains(&k.as_str()));
-        if !live.is_empty() {
+        // Secrets moving between the file and the store change who manages them.
+        let secrets_move = self.running.auth.secrets.is_empty() != next.auth.secrets.is_empty();
+        let (mut live, mut later): (Vec<&String>, Vec<&String>) = changed.iter().partition(|k| {
+            LIVE_KEYS.contains(&k.as_str()) && !(k.as_str() == "auth.secrets" && secrets_move)
+        });
+        let has = |key: &str| live.iter().any(|k| k.as_str() == key);
+        if has("turn.allow_peers") || has("turn.deny_peers") {
             for c in [&mut self.as_loaded, &mut self.running] {
                 c.turn.allow_peers = next.turn.allow_peers.clone();
                 c.turn.deny_peers = next.turn.deny_peers.clone();
             }
             if let Some(turn) = &self.turn {
                 turn.set_policy(callbox_turn::peer_policy_for(&self.running, &self.turn_listeners));
+            }
+        }
+        if has("auth.secrets") || has("auth.static_users") {
+            for c in [&mut self.as_loaded, &mut self.running] {
+                if has("auth.secrets") {
+                    c.auth.secrets = next.auth.secrets.clone();
+                }
+                c.auth.static_users = next.auth.static_users.clone();
+            }
+            if self
+                .access
+                .try_send(crate::access::FromConfig::of(&self.running))
+                .is_err()
+            {
+                tracing::error!("the access loop did not take the reloaded auth keys");
+            }
+        }
+        if has("general.log_level") {
+            match crate::logging::set_level(&next.general.log_level) {
+                Ok(crate::logging::LevelChange::Applied) => {
+                    for c in [&mut self.as_loaded, &mut self.running] {
+                        c.general.log_level = next.general.log_level.clone();
+                    }
+                }
+                Ok(crate::logging::LevelChange::OverriddenByEnv) => {
+                    tracing::warn!("general.log_level changed, but CALLBOX_LOG is set and decides the level");
+                    live.retain(|k| k.as_str() != "general.log_level");
+                    later.push(
+                        changed
+                            .iter()
+                            .find(|k| k.as_str() == "general.log_level")
+                            .expect("changed"),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "general.log_level not applied; the level in force stays");
+                    live.retain(|k| k.as_str() != "general.log_level");
+                }
             }
         }
         tracing::info!(

@@ -1,6 +1,5 @@
 //! `callbox serve`: derive the role settings from configuration, bind, run, join.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use callbox_core::Config;
-use callbox_core::credentials::{LongTermKey, long_term_key};
 use callbox_core::ice::{self, TurnEndpoints};
 use callbox_core::metrics::MetricsRegistry;
 use callbox_turn::{Credentials, TcpListeners, TurnRole, TurnSettings, UdpListeners};
@@ -20,17 +18,6 @@ use crate::role::Role;
 use crate::settings::Loaded;
 use crate::supervisor;
 use crate::tls::Tls;
-
-/// `auth.static_users` as long-term keys for the realm.
-fn config_users(config: &Config) -> HashMap<String, LongTermKey> {
-    let realm = &config.turn.realm;
-    config
-        .auth
-        .static_users
-        .iter()
-        .map(|u| (u.name.clone(), long_term_key(&u.name, realm, u.password.expose())))
-        .collect()
-}
 
 /// What `turns:` URLs advertise: the TURN/TLS ports (`turn.tls_listen`, then the one TLS
 /// port's) and the name the certificate is valid for.
@@ -433,12 +420,16 @@ pub async fn serve(
         health: Arc::clone(&health),
         realm,
         config_secrets: config_secrets(&loaded),
-        config_users: config_users(config),
+        config_users: crate::access::FromConfig::of(config).users,
         retention_days: config.admin.history_retention_days,
         changed: Arc::new(tokio::sync::Notify::new()),
+        reloaded: None,
         turn: None,
         signal: None,
     };
+    // A reload hands new `auth.secrets` and `auth.static_users` to the access loop.
+    let (access_reload, reloaded) = tokio::sync::mpsc::channel(4);
+    access.reloaded = Some(reloaded);
     let secrets = match access.secret_set(&snapshot) {
         Some(s) => s,
         None => file_secret(&loaded)?,
@@ -526,6 +517,7 @@ pub async fn serve(
         as_loaded,
         running: config.clone(),
         tls: tls.clone(),
+        access: access_reload,
         turn: turn.as_ref().map(|tb| tb.role.control()),
         turn_listeners: turn
             .iter()
@@ -609,9 +601,8 @@ pub async fn serve(
             callbox_admin::AdminRole::new(app).run(listener, shutdown.wait()),
         );
     }
-    if store.is_some() {
-        tokio::spawn(access.run(snapshot));
-    }
+    // Without a store it still applies reloaded configuration keys.
+    tokio::spawn(access.run(snapshot));
     let fields: Vec<String> = running.ready.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     tracing::info!(
