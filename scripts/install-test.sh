@@ -20,6 +20,7 @@ need() { command -v "$1" >/dev/null 2>&1 || fail "$1 is missing: $2"; }
 need debootstrap "apt-get install debootstrap"
 need systemd-nspawn "apt-get install systemd-container"
 need nsenter "apt-get install util-linux"
+need python3 "apt-get install python3 (a WebSocket client in the container's network namespace)"
 
 deb=${1:-$(ls -t target/debian/callbox_*.deb 2>/dev/null | head -1)}
 [ -n "$deb" ] && [ -f "$deb" ] || fail "no .deb: run scripts/package.sh first"
@@ -119,6 +120,39 @@ pass=$(printf '%s' "$creds" | sed -n 's/^ *"password": "\(.*\)",*$/\1/p' | head 
 uclient() { ctr timeout 60 turnutils_uclient -u "$user" -w "$pass" -e 127.0.0.1 -r 3480 -c "$@" 127.0.0.1; }
 check "turnutils_uclient relays with the minted credentials" holds 'uclient -n 50 -m 1 -z 5 | grep -q "Total lost packets 0"'
 check "the allocation's journal fields (F_TRANSPORT, F_USERNAME)" holds 'ctr journalctl -u callbox --no-pager -o cat F_TRANSPORT=udp "F_USERNAME=$user" | grep -q "allocation created"'
+
+# A signaling peer joins (the host's python3 in the container's network namespace: the
+# minimal image has no WebSocket client): its room and peer id are journal fields.
+peer=$(nsenter -t "$init" -n python3 - <<'PY'
+import base64, json, os, socket
+s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET /v1/signal?room=journal-check HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+           f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: callbox.v1\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(4096)
+head, rest = buf.split(b"\r\n\r\n", 1)
+assert head.startswith(b"HTTP/1.1 101"), head
+def need(n):
+    global rest
+    while len(rest) < n:
+        rest += s.recv(65536)
+    out, rest = rest[:n], rest[n:]
+    return out
+b0, b1 = need(2)
+n = b1 & 0x7F
+if n == 126:
+    n = int.from_bytes(need(2), "big")
+elif n == 127:
+    n = int.from_bytes(need(8), "big")
+welcome = json.loads(need(n))
+print(welcome["peer_id"])
+s.sendall(bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
+PY
+) || fail "no signaling session in the container"
+check "a signaling peer's journal fields (F_ROOM, F_PEER)" holds 'ctr journalctl -u callbox --no-pager -o cat F_ROOM=journal-check "F_PEER=$peer" | grep -q "peer connected"'
 
 echo "== reload with a live allocation"
 ctr sh -c "timeout 60 turnutils_uclient -u '$user' -w '$pass' -e 127.0.0.1 -r 3480 -c -n 300 -m 1 -z 10 127.0.0.1 >/tmp/live.out 2>&1 &"
