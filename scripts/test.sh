@@ -21,6 +21,7 @@ need debootstrap "apt-get install debootstrap (scripts/install-test.sh builds a 
 need systemd-nspawn "apt-get install systemd-container (scripts/install-test.sh boots the package in it)"
 need certutil "apt-get install libnss3-tools (the browser test bed's Chromium trusts the test CA through NSS)"
 need node "Node.js runs the browser tests"
+need redis-server "apt-get install redis-server (tests/cluster.rs runs the cluster on it)"
 need pebble "apt-get install pebble (tests/acme.rs orders certificates from it)"
 need pebble-challtestsrv "apt-get install pebble (tests/acme.rs resolves names through it)"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"

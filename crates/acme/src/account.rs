@@ -8,7 +8,7 @@ use instant_acme::{Account, AccountBuilder, AccountCredentials, NewAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::AcmeSettings;
-use crate::files::write_private;
+use callbox_core::private_file::write as write_private;
 
 /// What `account.json` holds: the account for one directory URL.
 #[derive(Serialize, Deserialize)]

@@ -12,7 +12,6 @@
 //! the certificate in force (if any) stays, and plain listeners never depended on it.
 
 mod account;
-mod files;
 mod metrics;
 mod order;
 mod schedule;
@@ -74,7 +73,7 @@ pub fn spawn(
 }
 
 async fn run(settings: AcmeSettings, certs: Arc<CertStore>, metrics: Arc<AcmeMetrics>) {
-    if let Err(e) = files::private_dir(&settings.dir) {
+    if let Err(e) = callbox_core::private_file::create_dir(&settings.dir) {
         tracing::error!(
             error = format!("{e:#}"),
             "ACME cannot keep its state; no certificate will be ordered"
@@ -173,8 +172,8 @@ async fn attempt(
         issued.key_pem.as_bytes(),
     )
     .context("the issued certificate")?;
-    files::write_private(key_path, issued.key_pem.as_bytes())?;
-    files::write_private(cert_path, issued.chain_pem.as_bytes())?;
+    callbox_core::private_file::write(key_path, issued.key_pem.as_bytes())?;
+    callbox_core::private_file::write(cert_path, issued.chain_pem.as_bytes())?;
     certs.reload().context("loading the issued certificate")?;
     Ok(())
 }

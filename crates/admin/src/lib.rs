@@ -41,8 +41,8 @@ use prometheus_client::collector::Collector;
 use sha2::{Digest, Sha256};
 
 pub use api::{
-    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, PeerView, RoomView, RotateSecret,
-    ValidBan,
+    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, NodeView, NodesError, PeerView,
+    RoomView, RotateSecret, ValidBan,
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use role::AdminRole;
@@ -67,6 +67,8 @@ pub trait Live: Send + Sync + 'static {
     fn close_room(&self, room: &str) -> Option<usize>;
     /// Kicks a peer with 4003; `Some(false)` when there is no such peer.
     fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool>;
+    /// The cluster's live nodes.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, NodesError>>;
 }
 
 /// What the admin role knows about its process.

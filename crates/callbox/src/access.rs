@@ -56,6 +56,87 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// As the cluster carries it.
+    pub fn to_wire(&self) -> callbox_cluster::AccessWire {
+        callbox_cluster::AccessWire {
+            secrets: self.secrets.clone(),
+            users: self
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), hex(&u.long_term_key)))
+                .collect(),
+            api_keys: self
+                .api_keys
+                .iter()
+                .map(|(digest, name)| (hex(digest), name.clone()))
+                .collect(),
+            bans: self.bans.iter().map(|(id, n)| (*id, n.to_string())).collect(),
+        }
+    }
+
+    /// From the cluster; an entry that does not decode is left out (and logged).
+    pub fn from_wire(w: &callbox_cluster::AccessWire) -> Snapshot {
+        let bad = |what: &str, name: &str| {
+            tracing::warn!(what, name, "a cluster access entry does not decode; left out")
+        };
+        let mut users = Vec::new();
+        for (name, key) in &w.users {
+            match unhex::<16>(key) {
+                Some(long_term_key) => users.push(UserKey {
+                    name: name.clone(),
+                    long_term_key,
+                }),
+                None => bad("user", name),
+            }
+        }
+        let mut api_keys = Vec::new();
+        for (digest, name) in &w.api_keys {
+            match unhex::<32>(digest) {
+                Some(d) => api_keys.push((d, name.clone())),
+                None => bad("api key", name),
+            }
+        }
+        let mut bans = Vec::new();
+        for (id, net) in &w.bans {
+            match net.parse::<Cidr>() {
+                Ok(n) => bans.push((*id, n)),
+                Err(_) => bad("ban", net),
+            }
+        }
+        Snapshot {
+            secrets: w.secrets.clone(),
+            users,
+            api_keys,
+            bans,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// How this node takes part in the cluster's access snapshots.
+#[derive(Debug, Clone)]
+pub enum AccessLink {
+    /// The admin node: what it reads from its store goes to the cluster.
+    Publish(callbox_cluster::Cluster),
+    /// Every other node: snapshots come from the cluster, not from a store.
+    Subscribe(callbox_cluster::Cluster),
+}
+
 /// The access keys of the configuration (`auth.secrets`, `auth.static_users`), as a
 /// reload replaces them.
 #[derive(Debug, Clone)]
@@ -95,6 +176,11 @@ pub struct Access {
     pub config_users: HashMap<String, LongTermKey>,
     pub retention_days: u64,
     pub changed: Arc<tokio::sync::Notify>,
+    /// The cluster, when `cluster.redis_url` is set.
+    pub cluster: Option<AccessLink>,
+    /// Where a subscriber keeps the last snapshot it applied (for a start while Redis is
+    /// away).
+    pub cache_file: Option<std::path::PathBuf>,
     /// New configuration access keys from a reload.
     pub reloaded: Option<tokio::sync::mpsc::Receiver<FromConfig>>,
     pub turn: Option<TurnControl>,
@@ -262,10 +348,60 @@ impl Access {
         }
     }
 
+    /// A subscriber's next snapshot from the cluster, when its version is not `seen`.
+    async fn read_cluster(
+        &self,
+        cluster: &callbox_cluster::Cluster,
+        seen: &mut Option<String>,
+    ) -> Option<Snapshot> {
+        let version = cluster.access_version().await.ok()??;
+        if seen.as_ref() == Some(&version) {
+            return None;
+        }
+        let (version, wire) = match cluster.fetch_access().await {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's access snapshot does not read; keeping the last one");
+                return None;
+            }
+        };
+        *seen = Some(version);
+        cluster.metrics().access_applied();
+        if let Some(path) = &self.cache_file
+            && let Ok(json) = serde_json::to_vec(&wire)
+            && let Err(e) = crate::state::write_private(path, &json)
+        {
+            tracing::warn!(error = %e, "the cluster's access snapshot was not cached on disk");
+        }
+        Some(Snapshot::from_wire(&wire))
+    }
+
+    /// The admin node puts `current` in the cluster unless Redis already holds it (a
+    /// Redis that restarted empty is refilled here).
+    async fn publish(cluster: &callbox_cluster::Cluster, current: &Snapshot) {
+        let wire = current.to_wire();
+        let (_, version) = wire.encode();
+        if cluster.access_version().await.ok().flatten().as_deref() == Some(version.as_str()) {
+            return;
+        }
+        match cluster.publish_access(&wire).await {
+            Ok(_) => tracing::info!(
+                version = &version[..12],
+                "access snapshot published to the cluster"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "access snapshot not published; retried at the next heartbeat")
+            }
+        }
+    }
+
     /// Applies snapshots as they change, starting from the one the roles started with.
     pub async fn run(mut self, mut current: Snapshot) {
         let mut last_prune = None::<tokio::time::Instant>;
         let mut reloaded = self.reloaded.take();
+        let mut seen = None::<String>;
+        let mut last_cluster = None::<tokio::time::Instant>;
         loop {
             let reload = async {
                 match reloaded.as_mut() {
@@ -278,11 +414,25 @@ impl Access {
                 () = tokio::time::sleep(POLL) => {}
                 Some(next) = reload => self.replace_from_config(next, &current),
             }
-            if let Some(next) = self.read().await
-                && next != current
+            let next = match &self.cluster {
+                Some(AccessLink::Subscribe(c)) => self.read_cluster(c, &mut seen).await,
+                _ => self.read().await,
+            };
+            let changed = match next {
+                Some(next) if next != current => {
+                    self.apply(&current, &next);
+                    current = next;
+                    true
+                }
+                _ => false,
+            };
+            // The admin node publishes a change at once, and checks every heartbeat that
+            // Redis still holds its snapshot.
+            if let Some(AccessLink::Publish(c)) = &self.cluster
+                && (changed || last_cluster.is_none_or(|t| t.elapsed() >= c.settings().heartbeat))
             {
-                self.apply(&current, &next);
-                current = next;
+                last_cluster = Some(tokio::time::Instant::now());
+                Self::publish(c, &current).await;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());

@@ -41,6 +41,8 @@ pub enum AdminCommand {
         #[command(subcommand)]
         cmd: AllocationsCmd,
     },
+    /// The cluster's live nodes (with `cluster.redis_url`).
+    Nodes,
     /// Live signaling rooms.
     Rooms {
         #[command(subcommand)]
@@ -275,6 +277,7 @@ pub fn run(loaded: &Loaded, args: &AdminArgs, cmd: &AdminCommand) -> anyhow::Res
             ),
             AllocationsCmd::Close { id } => ("DELETE", format!("/admin/v1/allocations/{}", enc(id)), None),
         },
+        AdminCommand::Nodes => ("GET", "/admin/v1/nodes".into(), None),
         AdminCommand::Rooms { cmd } => match cmd {
             RoomsCmd::List => ("GET", "/admin/v1/rooms".into(), None),
             RoomsCmd::Show { room } => ("GET", format!("/admin/v1/rooms/{}", enc(room)), None),

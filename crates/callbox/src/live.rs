@@ -1,6 +1,6 @@
 //! The admin role's view of the roles running in this process.
 
-use callbox_admin::{AllocationView, BoxFuture, ChannelView, Live, PeerView, RoomView};
+use callbox_admin::{AllocationView, BoxFuture, ChannelView, Live, NodeView, NodesError, PeerView, RoomView};
 use callbox_turn::AllocId;
 use callbox_turn::TurnControl;
 
@@ -8,9 +8,40 @@ use callbox_turn::TurnControl;
 pub struct LiveRoles {
     pub turn: Option<TurnControl>,
     pub signal: Option<callbox_signal::SignalControl>,
+    /// The cluster this node belongs to (`cluster.redis_url`).
+    pub cluster: Option<callbox_cluster::Cluster>,
 }
 
 impl Live for LiveRoles {
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, NodesError>> {
+        Box::pin(async move {
+            let cluster = self.cluster.as_ref().ok_or(NodesError::NoCluster)?;
+            let nodes = cluster
+                .nodes()
+                .await
+                .map_err(|e| NodesError::Unavailable(e.to_string()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            Ok(nodes
+                .into_iter()
+                .map(|n| NodeView {
+                    last_seen_ms_ago: now.saturating_sub(n.seen_ms),
+                    id: n.id,
+                    roles: n.roles,
+                    version: n.version,
+                    region: n.region,
+                    started: n.started,
+                    listeners: n.listeners,
+                    stun_urls: n.stun_urls,
+                    turn_urls: n.turn_urls,
+                    allocations: n.load.allocations,
+                    peers: n.load.peers,
+                })
+                .collect())
+        })
+    }
+
     fn allocations(&self) -> BoxFuture<'_, Option<Vec<AllocationView>>> {
         Box::pin(async move {
             let turn = self.turn.as_ref()?;

@@ -5,6 +5,7 @@ mod access;
 mod admin_cli;
 mod bootstrap;
 mod cloud;
+mod cluster;
 mod descriptors;
 mod history;
 mod live;

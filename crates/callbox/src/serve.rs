@@ -406,14 +406,25 @@ pub async fn serve(
         tracing::error!("the admin role needs the store; it does not run");
     }
     let realm = config.turn.realm.clone();
-    let snapshot = match &store {
-        Some(st) => Snapshot::read(
+    // One registry for the process: every role's /metrics serves all of it.
+    let registry = Arc::new(MetricsRegistry::new());
+    // In a cluster the admin node publishes access snapshots and every other node takes
+    // them from there instead of from a store.
+    let cluster = crate::cluster::open(config, &loaded.state_dir, &registry)?;
+    let subscriber = cluster.as_ref().filter(|_| !run_admin);
+    let from_cluster = match subscriber {
+        Some(c) => crate::cluster::initial_snapshot(c, &crate::cluster::cache_file(&loaded.state_dir)).await,
+        None => None,
+    };
+    let snapshot = match (from_cluster, &store) {
+        (Some(s), _) => s,
+        (None, Some(st)) => Snapshot::read(
             &st.lock().unwrap_or_else(|e| e.into_inner()),
             &realm,
             callbox_core::time::unix_now(),
         )
         .context("reading the store")?,
-        None => Snapshot::default(),
+        (None, None) => Snapshot::default(),
     };
     let mut access = Access {
         store: store.clone(),
@@ -423,6 +434,11 @@ pub async fn serve(
         config_users: crate::access::FromConfig::of(config).users,
         retention_days: config.admin.history_retention_days,
         changed: Arc::new(tokio::sync::Notify::new()),
+        cluster: cluster.clone().map(|c| match run_admin {
+            true => crate::access::AccessLink::Publish(c),
+            false => crate::access::AccessLink::Subscribe(c),
+        }),
+        cache_file: subscriber.map(|_| crate::cluster::cache_file(&loaded.state_dir)),
         reloaded: None,
         turn: None,
         signal: None,
@@ -439,8 +455,6 @@ pub async fn serve(
         health: Arc::clone(&health),
     };
 
-    // One registry for the process: every role's /metrics serves all of it.
-    let registry = Arc::new(MetricsRegistry::new());
     let tls = Tls::open(config, &loaded.state_dir, &registry)?;
     // Bind everything before running anything, so a bad address fails the start.
     let turn = match run_turn {
@@ -528,6 +542,7 @@ pub async fn serve(
     // The watchdog pings while every relay worker goes round its loop (and the runtime
     // that sends them runs).
     let workers = turn.as_ref().map(|tb| tb.role.metrics());
+    let turn_metrics = workers.clone();
     supervisor::spawn_watchdog(move || {
         workers
             .as_ref()
@@ -538,9 +553,12 @@ pub async fn serve(
     }
     if let Some(listener) = signal_listener {
         let auth = &config.auth;
+        let own = callbox_signal::IceUrls {
+            stun: stun_urls.clone(),
+            turn: turn_urls.clone(),
+        };
         let ice = callbox_signal::IceSource {
-            stun_urls,
-            turn_urls,
+            urls: ArcSwap::from_pointee(own.clone()),
             secrets: ArcSwap::from_pointee(secrets),
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
@@ -557,6 +575,14 @@ pub async fn serve(
                 history.clone(),
                 "session",
             ));
+        }
+        if let Some(c) = &cluster {
+            crate::cluster::spawn_ice_refresh(
+                c.clone(),
+                control.clone(),
+                own,
+                config.cluster.ice_regions.clone(),
+            );
         }
         access.signal = Some(control);
         running.ready.push(("signal", local_addr(&listener)));
@@ -586,6 +612,7 @@ pub async fn serve(
         let live = crate::live::LiveRoles {
             turn: access.turn.clone(),
             signal: access.signal.clone(),
+            cluster: cluster.clone(),
         };
         let app = callbox_admin::AdminState::new(
             Arc::clone(st),
@@ -601,6 +628,7 @@ pub async fn serve(
             callbox_admin::AdminRole::new(app).run(listener, shutdown.wait()),
         );
     }
+    let access_signal = access.signal.clone();
     // Without a store it still applies reloaded configuration keys.
     tokio::spawn(access.run(snapshot));
     let fields: Vec<String> = running.ready.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -612,6 +640,19 @@ pub async fn serve(
         "callbox ready {}",
         fields.join(" ")
     );
+    if let Some(c) = cluster {
+        let hb = crate::cluster::Heartbeat {
+            roles: names.iter().map(|n| n.to_string()).collect(),
+            listeners: fields.clone(),
+            ice: callbox_signal::IceUrls {
+                stun: if run_turn { stun_urls } else { vec![] },
+                turn: if run_turn { turn_urls } else { vec![] },
+            },
+            turn: turn_metrics,
+            signal: access_signal,
+        };
+        crate::cluster::spawn_heartbeat(c, hb, shutdown.wait());
+    }
     supervisor::ready(&format!("serving {}", names.join(",")));
     running.join().await
 }

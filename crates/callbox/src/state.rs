@@ -1,8 +1,7 @@
 //! Generated state kept across restarts in the state directory.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -35,21 +34,9 @@ pub fn shared_secret(state_dir: &Path) -> anyhow::Result<Secret> {
     Ok(Secret::new(hex))
 }
 
-/// Writes `contents` to `path` with mode 0600, through a temporary name and a rename, so
-/// a crash never leaves a partial file and nobody else ever reads it.
+/// Writes `contents` to `path` with mode 0600 ([`callbox_core::private_file::write`]).
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    Ok(callbox_core::private_file::write(path, contents)?)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub struct Config {
     pub signal: Signal,
     pub admin: Admin,
     pub tls: Tls,
+    pub cluster: Cluster,
 }
 
 /// Process-wide settings.
@@ -461,6 +462,51 @@ pub struct Tls {
     pub acme_retry_max_ms: u64,
     /// Milliseconds one order may take, from creating it to downloading the certificate.
     pub acme_order_timeout_ms: u64,
+}
+
+/// The control plane across machines, over Redis: access snapshots from the admin role to
+/// every node, and a registry of live nodes. Without `redis_url` each process is on its
+/// own (today's single-box behaviour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS). It carries the TURN
+    /// secrets and static users' keys between nodes: keep it private (a password, a
+    /// private network or TLS).
+    pub redis_url: Option<Secret>,
+    /// This node's name in the registry. Default: generated once and kept in the state
+    /// directory (`node-id`).
+    pub node_id: Option<String>,
+    /// A label for where this node runs (e.g. `eu-west`); signaling can hand out TURN
+    /// nodes by it.
+    pub region: String,
+    /// For the signal role: the regions whose TURN nodes go into ICE lists; empty: every
+    /// healthy TURN node.
+    pub ice_regions: Vec<String>,
+    /// Milliseconds between a node's registry heartbeats and between access checks.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which a node is gone (from the node list
+    /// and from new ICE lists).
+    pub node_ttl_ms: u64,
+    /// Milliseconds a Redis command (or connecting) may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// Prefix of every Redis key callbox uses (several clusters can share one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            node_id: None,
+            region: String::new(),
+            ice_regions: Vec::new(),
+            heartbeat_ms: 1000,
+            node_ttl_ms: 5000,
+            timeout_ms: 2000,
+            key_prefix: "callbox".into(),
+        }
+    }
 }
 
 /// The ACME challenge type callbox answers.

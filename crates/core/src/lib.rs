@@ -14,6 +14,7 @@ pub mod limit_key;
 pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod private_file;
 pub mod secret;
 pub mod time;
 

@@ -27,20 +27,29 @@ use crate::role::AppState;
 /// Where ICE server lists come from: URLs, secrets, lifetimes.
 #[derive(Debug)]
 pub struct IceSource {
-    pub stun_urls: Vec<String>,
-    pub turn_urls: Vec<String>,
+    /// Swapped whole when the cluster's TURN nodes change
+    /// ([`crate::SignalControl::set_ice_urls`]).
+    pub urls: ArcSwap<IceUrls>,
     /// Swapped whole when the secrets rotate ([`crate::SignalControl::set_ice_secrets`]).
     pub secrets: ArcSwap<SecretSet>,
     pub default_ttl: u64,
     pub max_ttl: u64,
 }
 
+/// The STUN and TURN URLs ICE lists are made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IceUrls {
+    pub stun: Vec<String>,
+    pub turn: Vec<String>,
+}
+
 impl IceSource {
     pub fn build(&self, user: &str, ttl: u64) -> ice::IceServers {
         let secrets = self.secrets.load();
+        let urls = self.urls.load();
         ice::build_from_urls(
-            &self.stun_urls,
-            &self.turn_urls,
+            &urls.stun,
+            &urls.turn,
             &secrets,
             user,
             callbox_core::time::unix_now(),

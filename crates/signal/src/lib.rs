@@ -26,7 +26,7 @@ mod upgrade;
 
 pub use crate::error::{Refusal, RefusalCode};
 pub use crate::hub::{Hub, PeerInfo, RoomInfo, SessionRecord};
-pub use crate::ice_endpoint::{IceSource, MAX_BODY_BYTES, body_params};
+pub use crate::ice_endpoint::{IceSource, IceUrls, MAX_BODY_BYTES, body_params};
 pub use crate::limits::HttpLimiter;
 pub use crate::role::{AppState, SignalControl, SignalRole, TlsListener, router, state};
 

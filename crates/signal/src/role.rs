@@ -207,6 +207,16 @@ impl SignalControl {
         self.app.set_api_keys(keys);
     }
 
+    /// Replaces the URLs new ICE lists are made of.
+    pub fn set_ice_urls(&self, urls: crate::IceUrls) {
+        self.app.ice.urls.store(Arc::new(urls));
+    }
+
+    /// The URLs new ICE lists are made of.
+    pub fn ice_urls(&self) -> crate::IceUrls {
+        crate::IceUrls::clone(&self.app.ice.urls.load())
+    }
+
     /// Replaces the secrets new ICE credentials are signed with (signing secret first).
     pub fn set_ice_secrets(&self, secrets: SecretSet) {
         self.app.ice.secrets.store(Arc::new(secrets));

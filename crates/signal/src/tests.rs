@@ -29,8 +29,10 @@ fn app(cfg: SignalConfig) -> Arc<AppState> {
     state(
         cfg,
         IceSource {
-            stun_urls: vec![],
-            turn_urls: vec!["turn:turn.example.invalid:3478".into()],
+            urls: ArcSwap::from_pointee(crate::IceUrls {
+                stun: vec![],
+                turn: vec!["turn:turn.example.invalid:3478".into()],
+            }),
             secrets: ArcSwap::from_pointee(secrets),
             default_ttl: 600,
             max_ttl: 3600,

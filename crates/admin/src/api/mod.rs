@@ -14,6 +14,7 @@ mod api_keys;
 mod bans;
 mod history;
 mod live;
+mod nodes;
 mod schemas;
 mod secrets;
 mod status;
@@ -34,6 +35,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 pub use api_keys::NewApiKey;
 pub use bans::{NewBan, ValidBan};
 pub use live::{AllocationView, ChannelView, PeerView, RoomView};
+pub use nodes::{NodeView, NodesError};
 pub use secrets::RotateSecret;
 pub use users::NewUser;
 
@@ -131,6 +133,7 @@ fn routes() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(live::list_rooms))
         .routes(routes!(live::get_room, live::close_room))
         .routes(routes!(live::kick_peer))
+        .routes(routes!(nodes::list_nodes))
         .routes(routes!(secrets::list_secrets))
         .routes(routes!(secrets::rotate_secret))
         .routes(routes!(users::list_users, users::add_user))

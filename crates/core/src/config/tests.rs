@@ -294,3 +294,29 @@ fn acme_keys_are_checked_with_their_names() {
     let http_without_tls = "[tls]\nhttp_listen = [\"127.0.0.1:8080\"]\n";
     assert!(errs(http_without_tls)[0].starts_with("tls.http_listen:"));
 }
+
+#[test]
+fn cluster_keys_are_checked_with_their_names() {
+    let ok =
+        "[cluster]\nredis_url = \"redis://:pw@10.0.0.5:6379\"\nnode_id = \"turn-eu-1\"\nregion = \"eu\"\n";
+    let c = Config::load(Some(&file(ok)), &[]).unwrap();
+    assert_eq!(c.cluster.region, "eu");
+    assert!(
+        !c.to_redacted_toml().contains(":pw@"),
+        "the URL (and its password) is redacted"
+    );
+    let bad = "[cluster]\nredis_url = \"http://x\"\nnode_id = \"a b\"\nregion = \"eu/west\"\n\
+               key_prefix = \"\"\nheartbeat_ms = 1000\nnode_ttl_ms = 1500\ntimeout_ms = 0\n";
+    let errs = Config::load(Some(&file(bad)), &[]).unwrap_err();
+    let keys: Vec<&str> = errs.iter().filter_map(|e| e.key.as_deref()).collect();
+    for key in [
+        "cluster.redis_url",
+        "cluster.node_id",
+        "cluster.region",
+        "cluster.key_prefix",
+        "cluster.timeout_ms",
+        "cluster.node_ttl_ms",
+    ] {
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+}

@@ -260,6 +260,7 @@ impl Config {
             _ => {}
         }
         validate_acme(tls, &mut p);
+        validate_cluster(&self.cluster, &mut p);
         if !tls.enabled() {
             let asked = [
                 ("tls.listen", tls.listen.as_ref().is_some_and(|l| !l.is_empty())),
@@ -390,6 +391,60 @@ fn validate_acme(tls: &super::Tls, p: &mut Vec<(String, String)>) {
         p.push((
             "tls.acme_retry_max_ms".into(),
             "must be at least tls.acme_retry_min_ms".into(),
+        ));
+    }
+}
+
+/// The cluster keys: a Redis URL, names that fit into Redis keys, timings that make sense.
+fn validate_cluster(c: &super::Cluster, p: &mut Vec<(String, String)>) {
+    if let Some(url) = &c.redis_url {
+        let u = url.expose();
+        if !(u.starts_with("redis://")
+            || u.starts_with("rediss://")
+            || u.starts_with("redis+unix://")
+            || u.starts_with("unix://"))
+        {
+            p.push((
+                "cluster.redis_url".into(),
+                "must start with redis://, rediss:// or unix://".into(),
+            ));
+        }
+    }
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if let Some(id) = &c.node_id
+        && !label(id)
+    {
+        p.push((
+            "cluster.node_id".into(),
+            format!("`{id}` must be 1-64 of A-Za-z0-9._-"),
+        ));
+    }
+    if !c.region.is_empty() && !label(&c.region) {
+        p.push((
+            "cluster.region".into(),
+            format!("`{}` must be 1-64 of A-Za-z0-9._-", c.region),
+        ));
+    }
+    if !label(&c.key_prefix) {
+        p.push(("cluster.key_prefix".into(), "must be 1-64 of A-Za-z0-9._-".into()));
+    }
+    for (key, v) in [
+        ("cluster.heartbeat_ms", c.heartbeat_ms),
+        ("cluster.timeout_ms", c.timeout_ms),
+    ] {
+        if v == 0 {
+            p.push((key.into(), "must be at least 1".into()));
+        }
+    }
+    if c.node_ttl_ms < c.heartbeat_ms.saturating_mul(2) {
+        p.push((
+            "cluster.node_ttl_ms".into(),
+            "must be at least twice cluster.heartbeat_ms (a node must miss two heartbeats to be gone)".into(),
         ));
     }
 }
