@@ -79,7 +79,15 @@ for _ in $(seq 100); do
 done
 [ -n "$init" ] || fail "no init in the container: $(tail -20 "$work/console.log")"
 ctr() { nsenter -t "$init" -m -u -i -n -p -- "$@"; }
-state=$(ctr timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+# systemd in the container takes a moment to open its socket after exec: until then
+# systemctl prints nothing (and fails), so ask again.
+state=
+for _ in $(seq 120); do
+  state=$(ctr timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+  [ -n "$state" ] && break
+  kill -0 "$nspawn_pid" 2>/dev/null || fail "the container stopped: $(tail -20 "$work/console.log")"
+  sleep 0.5
+done
 case "$state" in running|degraded) ;; *) fail "the container's system is '$state'";; esac
 
 wait_active() {
