@@ -3,6 +3,9 @@
 # (from PyPI) generates valid and invalid requests for every operation and checks that
 # none gets a 5xx and every answer matches the documented schema and content type.
 # Runs the real binary on loopback; call it inside a loopback-only namespace (test.sh does).
+# No example database: without one Hypothesis keeps no pareto front, whose shrinker crashed
+# with an IndexError on DELETE /admin/v1/users/{name} (a Hypothesis bug, 6.165 and 6.170
+# alike), and every run starts from the seed alone.
 # Usage: scripts/schemathesis.sh [max-seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,5 +45,6 @@ PY
 "$ST" run "$WORK/openapi.json" --url "$BASE" -H "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,response_schema_conformance,content_type_conformance \
   --max-examples 25 --max-time "${1:-90}" --seed 1 --no-color --warnings off \
+  --generation-database none \
   --report junit --report-dir target/schemathesis
 kill -0 "$PID" || { echo "error: callbox died during the run:" >&2; cat "$WORK/log" >&2; exit 1; }

@@ -314,3 +314,94 @@ fn signaling_hands_out_only_the_wanted_regions_and_a_lone_node_has_no_cluster() 
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "no-cluster");
 }
+
+#[test]
+fn admin_lists_and_closes_allocations_and_rooms_on_other_nodes() {
+    let redis = Redis::start();
+    let admin = CallboxProcess::start_with(
+        BIN,
+        &cluster(&redis, "admin-only", ""),
+        &["--roles", "admin"],
+        &[],
+    );
+    let turn = turn_node(&redis, "127.0.0.2", "turn-a", "eu");
+    let signal = CallboxProcess::start_with(
+        BIN,
+        &format!(
+            "[signal]\nlisten = \"127.0.0.4:0\"\n{}",
+            cluster(&redis, "signal-b", "eu")
+        ),
+        &["--roles", "signal"],
+        &[("CALLBOX_SIGNAL__LISTEN", "\"127.0.0.4:0\"")],
+    );
+    wait_until("three nodes registered", Duration::from_secs(5), || {
+        node_ids(&admin) == ["admin-only", "signal-b", "turn-a"]
+    });
+
+    // An allocation on the TURN node, listed and closed through the admin-only node.
+    let secret = admin.secret();
+    let mut client = wait_for_allocation(&turn, &secret);
+    let r = admin.admin("GET", "/admin/v1/allocations", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list = r.json();
+    let a = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == "turn-a")
+        .unwrap_or_else(|| panic!("no allocation of turn-a in {list}"));
+    let id = a["id"].as_str().unwrap();
+    let r = admin.admin("DELETE", &format!("/admin/v1/allocations/{id}?node=turn-a"), None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_ne!(client.refresh(600).class, Class::Success, "closed on its node");
+    let r = admin.admin("DELETE", &format!("/admin/v1/allocations/{id}?node=turn-a"), None);
+    assert_eq!(r.status, 404, "already gone: {}", r.body);
+    let r = admin.admin("DELETE", "/admin/v1/allocations/1", None);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "role-not-running",
+        "no turn role on the admin node itself"
+    );
+
+    // A peer on the other signal instance, listed and kicked from admin.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut peer = test_support::ws::WsClient::connect(signal.signal.unwrap(), "room=far", &[])
+            .await
+            .unwrap();
+        let rooms = admin.admin("GET", "/admin/v1/rooms", None).json();
+        let room = rooms
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["room"] == "far")
+            .unwrap_or_else(|| panic!("room far in {rooms}"));
+        assert_eq!(room["node"], "signal-b");
+        let pid = peer.peer_id();
+        let r = admin.admin(
+            "DELETE",
+            &format!("/admin/v1/rooms/far/peers/{pid}?node=signal-b"),
+            None,
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+        assert_eq!(peer.closed().await, test_support::ws::Closed::Code(4003));
+    });
+    let r = admin.admin("DELETE", "/admin/v1/rooms/far?node=nobody", None);
+    assert_eq!(r.status, 404, "no such node: {}", r.body);
+}
+
+/// A client with an allocation on `node` once the cluster's `secret` reached it.
+fn wait_for_allocation(node: &CallboxProcess, secret: &str) -> TurnClient {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (c, code) = allocate(node, "127.0.0.1", secret, "dave");
+        if code.is_none() {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster's secret never reached the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -41,8 +41,8 @@ use prometheus_client::collector::Collector;
 use sha2::{Digest, Sha256};
 
 pub use api::{
-    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, NodeView, NodesError, PeerView,
-    RoomView, RotateSecret, ValidBan,
+    AllocationView, ChannelView, MAX_SPAN, NewApiKey, NewBan, NewUser, NodeError, NodeView, NodesError,
+    PeerView, RoomView, RotateSecret, ValidBan,
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use role::AdminRole;
@@ -53,20 +53,32 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The running roles as admin sees them. `None` answers mean "that role does not run in
 /// this process" (the API says 404 `role-not-running`).
 pub trait Live: Send + Sync + 'static {
-    /// Live TURN allocations.
+    /// Live TURN allocations (of every TURN node in a cluster).
     fn allocations(&self) -> BoxFuture<'_, Option<Vec<AllocationView>>>;
-    /// Closes one allocation; `Some(false)` when there is no such allocation.
-    fn close_allocation(&self, id: u64) -> BoxFuture<'_, Option<bool>>;
-    /// Live signaling rooms.
-    fn rooms(&self) -> Option<Vec<RoomView>>;
-    /// Live rooms and peers, counted without listing them.
+    /// Closes one allocation of `node` (this process when `None`); `Some(Ok(false))` when
+    /// there is no such allocation, `Some(Err)` when there is no such node or it did not answer.
+    fn close_allocation(
+        &self,
+        node: Option<String>,
+        id: u64,
+    ) -> BoxFuture<'_, Option<Result<bool, NodeError>>>;
+    /// Live signaling rooms (of every signal instance in a cluster).
+    fn rooms(&self) -> BoxFuture<'_, Option<Vec<RoomView>>>;
+    /// This process's live rooms and peers, counted without listing them.
     fn room_counts(&self) -> Option<(u64, u64)>;
-    /// One live room; `Some(None)` when it has no peers.
-    fn room(&self, room: &str) -> Option<Option<RoomView>>;
-    /// Closes a room with 4009; `Some(0)` when there is no such room.
-    fn close_room(&self, room: &str) -> Option<usize>;
-    /// Kicks a peer with 4003; `Some(false)` when there is no such peer.
-    fn kick_peer(&self, room: &str, peer_id: &str) -> Option<bool>;
+    /// Closes a room with 4009; `Some(Ok(0))` when there is no such room.
+    fn close_room(
+        &self,
+        node: Option<String>,
+        room: String,
+    ) -> BoxFuture<'_, Option<Result<usize, NodeError>>>;
+    /// Kicks a peer with 4003; `Some(Ok(false))` when there is no such peer.
+    fn kick_peer(
+        &self,
+        node: Option<String>,
+        room: String,
+        peer_id: String,
+    ) -> BoxFuture<'_, Option<Result<bool, NodeError>>>;
     /// The cluster's live nodes.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, NodesError>>;
 }

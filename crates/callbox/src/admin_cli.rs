@@ -97,6 +97,9 @@ pub enum AllocationsCmd {
     },
     Close {
         id: String,
+        /// The node it lives on, in a cluster (the listing's `node`).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -105,15 +108,22 @@ pub enum RoomsCmd {
     List,
     Show {
         room: String,
+        /// The signal instance that holds it, in a cluster.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Close every connection of a room (4009).
     Close {
         room: String,
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Kick one peer (4003; it cannot resume).
     Kick {
         room: String,
         peer_id: String,
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -275,16 +285,45 @@ pub fn run(loaded: &Loaded, args: &AdminArgs, cmd: &AdminCommand) -> anyhow::Res
                 format!("/admin/v1/allocations{}", query(&[("user", user.clone())])),
                 None,
             ),
-            AllocationsCmd::Close { id } => ("DELETE", format!("/admin/v1/allocations/{}", enc(id)), None),
+            AllocationsCmd::Close { id, node } => (
+                "DELETE",
+                format!(
+                    "/admin/v1/allocations/{}{}",
+                    enc(id),
+                    query(&[("node", node.clone())])
+                ),
+                None,
+            ),
         },
         AdminCommand::Nodes => ("GET", "/admin/v1/nodes".into(), None),
         AdminCommand::Rooms { cmd } => match cmd {
             RoomsCmd::List => ("GET", "/admin/v1/rooms".into(), None),
-            RoomsCmd::Show { room } => ("GET", format!("/admin/v1/rooms/{}", enc(room)), None),
-            RoomsCmd::Close { room } => ("DELETE", format!("/admin/v1/rooms/{}", enc(room)), None),
-            RoomsCmd::Kick { room, peer_id } => (
+            RoomsCmd::Show { room, node } => (
+                "GET",
+                format!(
+                    "/admin/v1/rooms/{}{}",
+                    enc(room),
+                    query(&[("node", node.clone())])
+                ),
+                None,
+            ),
+            RoomsCmd::Close { room, node } => (
                 "DELETE",
-                format!("/admin/v1/rooms/{}/peers/{}", enc(room), enc(peer_id)),
+                format!(
+                    "/admin/v1/rooms/{}{}",
+                    enc(room),
+                    query(&[("node", node.clone())])
+                ),
+                None,
+            ),
+            RoomsCmd::Kick { room, peer_id, node } => (
+                "DELETE",
+                format!(
+                    "/admin/v1/rooms/{}/peers/{}{}",
+                    enc(room),
+                    enc(peer_id),
+                    query(&[("node", node.clone())])
+                ),
                 None,
             ),
         },

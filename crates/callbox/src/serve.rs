@@ -629,6 +629,7 @@ pub async fn serve(
         );
     }
     let access_signal = access.signal.clone();
+    let access_turn = access.turn.clone();
     // Without a store it still applies reloaded configuration keys.
     tokio::spawn(access.run(snapshot));
     let fields: Vec<String> = running.ready.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -641,6 +642,12 @@ pub async fn serve(
         fields.join(" ")
     );
     if let Some(c) = cluster {
+        // Other nodes' admins ask this one about its allocations and rooms.
+        c.serve_rpc(Arc::new(crate::live::LiveRoles {
+            turn: access_turn,
+            signal: access_signal.clone(),
+            cluster: Some(c.clone()),
+        }));
         let hb = crate::cluster::Heartbeat {
             roles: names.iter().map(|n| n.to_string()).collect(),
             listeners: fields.clone(),

@@ -12,6 +12,10 @@
 //!   heartbeat; a node that stops is gone after `cluster.node_ttl_ms`. Signaling builds ICE
 //!   lists from the TURN nodes in it, admin lists it.
 //!
+//! - **Requests to one node** ([`Cluster::call`], [`Cluster::serve_rpc`]): admin asks a
+//!   node for its live allocations or rooms, or to close one, through a list per node that
+//!   the node pops with BLPOP on a connection of its own.
+//!
 //! Every command has the configured timeout; a failure is logged once per outage, counted,
 //! and shown in `callbox_cluster_redis_up`. The connection manager reconnects by itself
 //! with backoff and jitter.
@@ -19,6 +23,7 @@
 mod access;
 mod metrics;
 mod registry;
+mod rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +33,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use crate::access::AccessWire;
 pub use crate::metrics::ClusterMetrics;
 pub use crate::registry::{NodeInfo, NodeLoad};
+pub use crate::rpc::{RpcError, RpcHandler};
 
 /// Why a cluster operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,7 @@ pub struct ClusterSettings {
 /// A node's link to the cluster's Redis. Cheap to clone (one multiplexed connection).
 #[derive(Clone)]
 pub struct Cluster {
+    client: redis::Client,
     conn: ConnectionManager,
     settings: Arc<ClusterSettings>,
     metrics: Arc<ClusterMetrics>,
@@ -84,6 +91,7 @@ impl Cluster {
             .set_number_of_retries(usize::MAX);
         let conn = client.get_connection_manager_lazy(config)?;
         Ok(Cluster {
+            client,
             conn,
             settings: Arc::new(settings),
             metrics,

@@ -34,7 +34,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 
 pub use api_keys::NewApiKey;
 pub use bans::{NewBan, ValidBan};
-pub use live::{AllocationView, ChannelView, PeerView, RoomView};
+pub use live::{AllocationView, ChannelView, NodeError, PeerView, RoomView};
 pub use nodes::{NodeView, NodesError};
 pub use secrets::RotateSecret;
 pub use users::NewUser;
