@@ -2,6 +2,7 @@
 //! drive it with channels. It feeds frames to the [`Hub`], writes what the hub queues,
 //! pings, pushes fresh ICE servers, and reports how it ended.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,23 +11,30 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::hub::{Ended, Hub, Outbox, Verdict};
 use crate::metrics::SignalMetrics;
 use crate::protocol::CloseCode;
 
-/// The hub's handle on a connection: an unbounded queue whose bytes are counted against
-/// the send buffer limit, and a close request.
+/// The hub's handle on a connection: a queue whose bytes are counted against the send
+/// buffer limit, and a close request, both behind one wake-up for the connection task.
+///
+/// The queue is a `VecDeque` that allocates when a message arrives and is given back when
+/// it drains (not a channel, whose first block of slots every connection would hold even
+/// when idle): an idle connection costs a few hundred bytes here, not a kilobyte.
 pub struct ConnOutbox {
-    tx: mpsc::UnboundedSender<Arc<str>>,
+    queue: Mutex<VecDeque<Arc<str>>>,
     queued: AtomicUsize,
     limit: usize,
     close: Mutex<Option<(CloseCode, String)>>,
     /// Set by the first close request: the hub may ask again (more messages overflow the
     /// buffer) until the connection has reported its end, and only the first one counts.
     close_requested: AtomicBool,
+    /// Wakes the connection task: messages queued, or a close requested.
     notify: Notify,
+    /// Wakes it out of a flush that waits for a reader that may never read.
+    closing: Notify,
     metrics: Arc<SignalMetrics>,
 }
 
@@ -38,25 +46,39 @@ impl std::fmt::Debug for ConnOutbox {
     }
 }
 
+/// Queue capacity kept after a drain; a burst's larger buffer is given back.
+const KEEP_QUEUE: usize = 4;
+
 impl ConnOutbox {
-    pub fn new(limit: usize, metrics: Arc<SignalMetrics>) -> (Arc<Self>, mpsc::UnboundedReceiver<Arc<str>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Arc::new(Self {
-                tx,
-                queued: AtomicUsize::new(0),
-                limit,
-                close: Mutex::new(None),
-                close_requested: AtomicBool::new(false),
-                notify: Notify::new(),
-                metrics,
-            }),
-            rx,
-        )
+    pub fn new(limit: usize, metrics: Arc<SignalMetrics>) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            limit,
+            close: Mutex::new(None),
+            close_requested: AtomicBool::new(false),
+            notify: Notify::new(),
+            closing: Notify::new(),
+            metrics,
+        })
     }
 
     fn take_close(&self) -> Option<(CloseCode, String)> {
         self.close.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The next queued message, uncounted from the send buffer.
+    fn pop(&self) -> Option<Arc<str>> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let text = q.pop_front();
+        match &text {
+            Some(t) => {
+                self.queued.fetch_sub(t.len(), Ordering::AcqRel);
+            }
+            None if q.capacity() > KEEP_QUEUE => *q = VecDeque::new(),
+            None => {}
+        }
+        text
     }
 }
 
@@ -67,9 +89,11 @@ impl Outbox for ConnOutbox {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
-        if self.tx.send(text).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(text);
+        self.notify.notify_one();
         true
     }
 
@@ -83,8 +107,12 @@ impl Outbox for ConnOutbox {
         }
         *self.close.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, reason.to_string()));
         self.notify.notify_one();
+        self.closing.notify_one();
     }
 }
+
+/// How long a close frame (and the closing handshake) may wait for a reader.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything a connection needs besides its socket.
 pub struct ConnContext {
@@ -94,7 +122,6 @@ pub struct ConnContext {
     pub conn: u64,
     pub addr: IpAddr,
     pub outbox: Arc<ConnOutbox>,
-    pub rx: mpsc::UnboundedReceiver<Arc<str>>,
     pub heartbeat: Duration,
     pub max_message: usize,
     /// Fresh ICE servers and their TTL for this peer.
@@ -136,45 +163,65 @@ fn ended_by(code: CloseCode) -> Ended {
 }
 
 /// Runs the connection until it ends, then tells the hub how.
-pub async fn drive<S, R, E>(mut sink: S, mut stream: R, mut ctx: ConnContext)
+pub async fn drive<S, R, E>(mut sink: S, mut stream: R, ctx: ConnContext)
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut last_rx = Instant::now();
+    // Whether the hub has been told how the connection ended.
+    let mut reported = false;
     // Each connection's pings start at a random point of the first interval, so thousands of
     // connections opened together do not ping (and get ponged) in one burst.
     let first = ctx.heartbeat.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, ctx.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ping = tokio::time::Instant::now() + first;
     // Fresh credentials at about half their lifetime, before the last ones expire.
     let ice_every = Duration::from_secs((ctx.ice_ttl / 2).max(1));
-    let mut ice_timer = tokio::time::interval_at(tokio::time::Instant::now() + ice_every, ice_every);
+    let mut next_ice = tokio::time::Instant::now() + ice_every;
+    // One timer for both, pinned inside this future: no timer allocations of their own on
+    // every idle connection.
+    let timer = tokio::time::sleep_until(next_ping.min(next_ice));
+    tokio::pin!(timer);
     let hub = Arc::clone(&ctx.hub);
     let ended = loop {
         tokio::select! {
             biased;
             () = ctx.outbox.notify.notified() => {
                 if let Some((code, reason)) = ctx.outbox.take_close() {
-                    let _ = sink.send(close_message(code, &reason)).await;
-                    break ended_by(code);
+                    // The hub hears first: a slow reader may never take the close frame.
+                    let ended = ended_by(code);
+                    hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+                    reported = true;
+                    let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
+                    break ended;
                 }
-            }
-            Some(text) = ctx.rx.recv() => {
-                // Whatever else is queued goes out in the same write: one system call for a
-                // burst (20 candidates) instead of one per message.
-                ctx.outbox.queued.fetch_sub(text.len(), Ordering::AcqRel);
-                let mut ok = sink.feed(Message::Text(text.as_ref().into())).await.is_ok();
-                let mut batched = 1;
+                // Whatever is queued goes out in one write: one system call for a burst (20
+                // candidates) instead of one per message; past 64 the other branches get a
+                // turn first and this one is woken again for the rest.
+                let mut ok = true;
+                let mut batched = 0;
                 while ok && batched < 64 {
-                    let Ok(more) = ctx.rx.try_recv() else { break };
-                    ctx.outbox.queued.fetch_sub(more.len(), Ordering::AcqRel);
-                    ok = sink.feed(Message::Text(more.as_ref().into())).await.is_ok();
+                    let Some(text) = ctx.outbox.pop() else { break };
+                    ok = sink.feed(Message::Text(text.as_ref().into())).await.is_ok();
                     batched += 1;
                 }
-                if !ok || sink.flush().await.is_err() {
-                    break Ended::Dropped;
+                if batched == 64 {
+                    ctx.outbox.notify.notify_one();
+                }
+                if batched > 0 {
+                    // A close requested meanwhile ends the wait (the notify branch takes it).
+                    let flushed = tokio::select! {
+                        biased;
+                        () = ctx.outbox.closing.notified() => {
+                            ctx.outbox.notify.notify_one();
+                            true
+                        }
+                        r = sink.flush() => ok && r.is_ok(),
+                    };
+                    if !flushed {
+                        break Ended::Dropped;
+                    }
                 }
             }
             frame = stream.next() => {
@@ -191,8 +238,7 @@ where
                             Verdict::Continue => {}
                             Verdict::Close(code) => {
                                 // Whatever the hub queued before (e.g. the last error) goes first.
-                                while let Ok(t) = ctx.rx.try_recv() {
-                                    ctx.outbox.queued.fetch_sub(t.len(), Ordering::AcqRel);
+                                while let Some(t) = ctx.outbox.pop() {
                                     let _ = sink.send(Message::Text(t.as_ref().into())).await;
                                 }
                                 let reason = if code == CloseCode::Left { "left" } else { "rate limit exceeded repeatedly" };
@@ -227,24 +273,32 @@ where
                     None => break Ended::Dropped,
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_rx.elapsed() >= ctx.heartbeat * 2 {
-                    break Ended::Dropped;
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= next_ping {
+                    if last_rx.elapsed() >= ctx.heartbeat * 2 {
+                        break Ended::Dropped;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break Ended::Dropped;
+                    }
+                    next_ping = now + ctx.heartbeat;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break Ended::Dropped;
+                if now >= next_ice {
+                    let (list, ttl) = (ctx.ice)();
+                    hub.push_ice(&ctx.room, &ctx.peer_id, ctx.conn, &list, ttl);
+                    next_ice = now + ice_every;
                 }
-            }
-            _ = ice_timer.tick() => {
-                let (list, ttl) = (ctx.ice)();
-                hub.push_ice(&ctx.room, &ctx.peer_id, ctx.conn, &list, ttl);
+                timer.as_mut().reset(next_ping.min(next_ice));
             }
         }
     };
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
     tracing::debug!(room = %ctx.room, peer = %ctx.peer_id, ?ended, "signaling connection ended");
     // `leave` already removed the peer (reported as Replaced so nothing happens twice).
-    hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+    if !reported {
+        hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+    }
     let _ = ctx.addr;
 }
 
@@ -266,7 +320,7 @@ mod tests {
     ) {
         let (to_server, stream) = fmpsc::unbounded::<Result<Message, String>>();
         let (sink, from_server) = fmpsc::unbounded::<Message>();
-        let (outbox, rx) = ConnOutbox::new(1 << 20, Arc::clone(&hub.metrics));
+        let outbox = ConnOutbox::new(1 << 20, Arc::clone(&hub.metrics));
         hub.reserve("r").unwrap();
         let j = hub.join(
             "r",
@@ -282,7 +336,6 @@ mod tests {
             conn: j.conn,
             addr: "127.0.0.1".parse().unwrap(),
             outbox,
-            rx,
             heartbeat: Duration::from_secs(60),
             max_message: 100,
             ice: Arc::new(|| (json!([]), 60)),
@@ -309,7 +362,7 @@ mod tests {
     #[test]
     fn a_slow_reader_is_closed_and_counted_once() {
         let metrics = Arc::new(SignalMetrics::default());
-        let (outbox, _rx) = ConnOutbox::new(8, Arc::clone(&metrics));
+        let outbox = ConnOutbox::new(8, Arc::clone(&metrics));
         outbox.close(CloseCode::TooSlow, "too slow to read");
         // The connection takes the request, and more messages overflow before it reports.
         assert_eq!(outbox.take_close().map(|(c, _)| c), Some(CloseCode::TooSlow));

@@ -380,6 +380,9 @@ impl Hub {
         for p in r.peers.iter_mut() {
             Self::deliver(&self.cfg, p, &joined_body);
         }
+        // Exactly one more: a room of two would otherwise hold room for four peers (a
+        // `Peer` is a few hundred bytes), on every idle connection.
+        r.peers.reserve_exact(1);
         r.peers.push(Peer {
             id: peer_id.clone(),
             meta,

@@ -85,7 +85,7 @@ pub(crate) async fn signal_ws(
     // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
     // 128 KiB read buffer (it grows for large messages, up to the message limit).
     ws.protocols([SUBPROTOCOL])
-        .read_buffer_size(4096)
+        .read_buffer_size(256)
         // Frames are collected up to 16 KiB and written with one system call when the
         // connection task flushes (after draining its queue).
         .write_buffer_size(16 * 1024)
@@ -97,9 +97,12 @@ pub(crate) async fn signal_ws(
             }
             fail_app.hub.disconnect_address(ip);
         })
-        .on_upgrade(move |socket| async move {
+        // The connection's future itself, not an async block around it: a block would keep
+        // its captures (the socket, the admission) beside the future for the whole
+        // connection, half a kilobyte on every idle one.
+        .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            run_connection(app, admission, ip, sink, stream).await;
+            run_connection(app, admission, ip, sink, stream)
         })
 }
 
@@ -116,18 +119,23 @@ pub(crate) async fn run_connection<S, R, E>(
     E: std::fmt::Display,
 {
     app.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let (outbox, rx) = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
+    let outbox = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
     let ttl = app.ice.default_ttl;
-    let room = admission.room.clone();
-    let joined = match &admission.resume {
+    // Taken apart here so that nothing of the admission stays in this future's state
+    // while the connection runs (every idle connection carries that state).
+    let Admission {
+        room,
+        identity,
+        resume,
+    } = admission;
+    let joined = match resume {
         Some((token, last_seq)) => {
             // The user id of a resumed peer's credentials: the token's, or its peer id.
-            let user = admission.identity.user.clone();
-            let list = app.ice.build(user.as_deref().unwrap_or("anon"), ttl);
+            let list = app.ice.build(identity.user.as_deref().unwrap_or("anon"), ttl);
             app.hub.resume(
                 &room,
-                token,
-                *last_seq,
+                &token,
+                last_seq,
                 ip,
                 outbox.clone(),
                 (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
@@ -135,15 +143,14 @@ pub(crate) async fn run_connection<S, R, E>(
             )
         }
         None => {
-            let user = admission
-                .identity
+            let user = identity
                 .user
                 .clone()
                 .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
             let list = app.ice.build(&user, ttl);
             Ok(app.hub.join(
                 &room,
-                admission.identity.meta.clone(),
+                identity.meta,
                 ip,
                 outbox.clone(),
                 (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
@@ -159,11 +166,7 @@ pub(crate) async fn run_connection<S, R, E>(
                 app.hub.kick_peer(&room, &j.peer_id);
             }
             let ice_app = Arc::clone(&app);
-            let user = admission
-                .identity
-                .user
-                .clone()
-                .unwrap_or_else(|| j.peer_id.clone());
+            let user = identity.user.unwrap_or_else(|| j.peer_id.clone());
             let ice = Arc::new(move || {
                 let list = ice_app.ice.build(&user, ttl);
                 (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
@@ -175,7 +178,6 @@ pub(crate) async fn run_connection<S, R, E>(
                 conn: j.conn,
                 addr: ip,
                 outbox,
-                rx,
                 heartbeat: Duration::from_millis(app.cfg.heartbeat_ms),
                 max_message: app.cfg.max_message_bytes,
                 ice,
