@@ -223,13 +223,10 @@ impl Live for LiveRoles {
                 .nodes()
                 .await
                 .map_err(|e| NodesError::Unavailable(e.to_string()))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             Ok(nodes
                 .into_iter()
                 .map(|n| NodeView {
-                    last_seen_ms_ago: now.saturating_sub(n.seen_ms),
+                    last_seen_ms_ago: n.seen_ms_ago(),
                     id: n.id,
                     roles: n.roles,
                     version: n.version,

@@ -26,6 +26,11 @@ impl AccessWire {
         let version = version_of(&json);
         (json, version)
     }
+
+    /// A snapshot as Redis holds it, with its version (computed from the bytes read).
+    pub fn decode(json: &str) -> serde_json::Result<(String, AccessWire)> {
+        Ok((version_of(json), serde_json::from_str(json)?))
+    }
 }
 
 fn version_of(json: &str) -> String {
@@ -72,8 +77,7 @@ impl Cluster {
         let Some(json) = json else {
             return Ok(None);
         };
-        let wire: AccessWire = serde_json::from_str(&json)?;
-        Ok(Some((version_of(&json), wire)))
+        Ok(Some(AccessWire::decode(&json)?))
     }
 }
 

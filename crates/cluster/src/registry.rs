@@ -37,7 +37,19 @@ pub struct NodeLoad {
     pub peers: u64,
 }
 
-pub(crate) fn now_ms() -> u64 {
+impl NodeInfo {
+    /// A record as Redis holds it.
+    pub fn decode(json: &str) -> serde_json::Result<NodeInfo> {
+        serde_json::from_str(json)
+    }
+
+    /// Milliseconds since this record's heartbeat.
+    pub fn seen_ms_ago(&self) -> u64 {
+        now_ms().saturating_sub(self.seen_ms)
+    }
+}
+
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -97,7 +109,7 @@ impl Cluster {
         let mut live = Vec::new();
         let mut gone = Vec::new();
         for (id, record) in ids.into_iter().zip(records) {
-            match record.map(|r| serde_json::from_str::<NodeInfo>(&r)) {
+            match record.map(|r| NodeInfo::decode(&r)) {
                 Some(Ok(n)) => live.push(n),
                 Some(Err(e)) => {
                     tracing::warn!(node = %id, error = %e, "a node record does not parse; skipped")

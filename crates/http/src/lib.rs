@@ -27,6 +27,6 @@ mod tls;
 pub use bearer::bearer;
 pub use limits::{ConnectionLimits, Limits, Permit, Refusal};
 pub use metrics::ListenerMetrics;
-pub use redirect::port80_router;
+pub use redirect::{port80_router, redirect_host};
 pub use serve::serve;
 pub use tls::{StunHandoff, TlsHandoff, TlsServe, serve_tls};

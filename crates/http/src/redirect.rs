@@ -39,7 +39,7 @@ async fn redirect(State(s): State<Port80>, headers: HeaderMap, uri: Uri) -> Resp
     let Some(host) = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(host_of)
+        .and_then(redirect_host)
     else {
         return (
             StatusCode::BAD_REQUEST,
@@ -58,7 +58,7 @@ async fn redirect(State(s): State<Port80>, headers: HeaderMap, uri: Uri) -> Resp
 
 /// The host part of a Host header, if it is a DNS name, an IPv4 address or a bracketed
 /// IPv6 address (nothing else goes into a Location header).
-fn host_of(value: &str) -> Option<&str> {
+pub fn redirect_host(value: &str) -> Option<&str> {
     let host = match value.strip_prefix('[') {
         Some(rest) => {
             let end = rest.find(']')?;
@@ -79,12 +79,15 @@ mod tests {
 
     #[test]
     fn only_host_names_and_addresses_reach_the_location() {
-        assert_eq!(host_of("callbox.example.com"), Some("callbox.example.com"));
-        assert_eq!(host_of("callbox.example.com:80"), Some("callbox.example.com"));
-        assert_eq!(host_of("192.0.2.7:8080"), Some("192.0.2.7"));
-        assert_eq!(host_of("[2001:db8::1]:80"), Some("[2001:db8::1]"));
+        assert_eq!(redirect_host("callbox.example.com"), Some("callbox.example.com"));
+        assert_eq!(
+            redirect_host("callbox.example.com:80"),
+            Some("callbox.example.com")
+        );
+        assert_eq!(redirect_host("192.0.2.7:8080"), Some("192.0.2.7"));
+        assert_eq!(redirect_host("[2001:db8::1]:80"), Some("[2001:db8::1]"));
         for bad in ["", "a b", "evil.test/path", "[zz]", "[::1", "a@b", "x\"y"] {
-            assert_eq!(host_of(bad), None, "{bad}");
+            assert_eq!(redirect_host(bad), None, "{bad}");
         }
     }
 }
