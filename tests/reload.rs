@@ -150,7 +150,11 @@ fn secrets_static_users_and_the_log_level_change_live() {
     }
     let mut bob_old = TurnClient::new(server.udp_v4(), "bob", "bob-password-one", "callbox");
     assert_eq!(bob_old.allocate().code, Some(401));
-    assert!(server.output().contains("allocation refreshed"), "debug is on");
+    // Allocation events are logged by their own task: the line comes a moment later.
+    assert!(
+        server.wait_for_output("allocation refreshed", Duration::from_secs(5)),
+        "debug is on"
+    );
 
     // Moving secrets from the file to the store waits for a restart.
     let out = reload(

@@ -16,23 +16,17 @@ fn from_env() -> Option<String> {
     std::env::var("CALLBOX_LOG").ok().filter(|v| !v.trim().is_empty())
 }
 
-/// What happened to a new `general.log_level`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LevelChange {
-    Applied,
-    /// `CALLBOX_LOG` is set and wins.
-    OverriddenByEnv,
+/// Whether `general.log_level` can change while running (`CALLBOX_LOG` is not set).
+pub fn level_reloadable() -> bool {
+    LEVEL.get().is_some()
 }
 
 /// Puts `level` (an `EnvFilter` directive, e.g. `info` or `info,callbox_turn=debug`) in
 /// force for every later event.
-pub fn set_level(level: &str) -> Result<LevelChange, String> {
-    let Some(handle) = LEVEL.get() else {
-        return Ok(LevelChange::OverriddenByEnv);
-    };
+pub fn set_level(level: &str) -> Result<(), String> {
+    let handle = LEVEL.get().ok_or("CALLBOX_LOG decides the level")?;
     let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-    handle.reload(filter).map_err(|e| e.to_string())?;
-    Ok(LevelChange::Applied)
+    handle.reload(filter).map_err(|e| e.to_string())
 }
 
 pub fn init(general: &General) -> anyhow::Result<()> {

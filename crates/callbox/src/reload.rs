@@ -94,8 +94,15 @@ impl Reloader {
         }
         // Secrets moving between the file and the store change who manages them.
         let secrets_move = self.running.auth.secrets.is_empty() != next.auth.secrets.is_empty();
-        let (mut live, mut later): (Vec<&String>, Vec<&String>) = changed.iter().partition(|k| {
-            LIVE_KEYS.contains(&k.as_str()) && !(k.as_str() == "auth.secrets" && secrets_move)
+        // `CALLBOX_LOG` decides the level when it is set: then the key waits like any other.
+        let level_reloadable = crate::logging::level_reloadable();
+        if !level_reloadable && changed.iter().any(|k| k == "general.log_level") {
+            tracing::warn!("general.log_level changed, but CALLBOX_LOG is set and decides the level");
+        }
+        let (mut live, later): (Vec<&String>, Vec<&String>) = changed.iter().partition(|k| {
+            LIVE_KEYS.contains(&k.as_str())
+                && !(k.as_str() == "auth.secrets" && secrets_move)
+                && (k.as_str() != "general.log_level" || level_reloadable)
         });
         let has = |key: &str| live.iter().any(|k| k.as_str() == key);
         if has("turn.allow_peers") || has("turn.deny_peers") {
@@ -124,20 +131,10 @@ impl Reloader {
         }
         if has("general.log_level") {
             match crate::logging::set_level(&next.general.log_level) {
-                Ok(crate::logging::LevelChange::Applied) => {
+                Ok(()) => {
                     for c in [&mut self.as_loaded, &mut self.running] {
                         c.general.log_level = next.general.log_level.clone();
                     }
-                }
-                Ok(crate::logging::LevelChange::OverriddenByEnv) => {
-                    tracing::warn!("general.log_level changed, but CALLBOX_LOG is set and decides the level");
-                    live.retain(|k| k.as_str() != "general.log_level");
-                    later.push(
-                        changed
-                            .iter()
-                            .find(|k| k.as_str() == "general.log_level")
-                            .expect("changed"),
-                    );
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "general.log_level not applied; the level in force stays");

@@ -113,7 +113,7 @@ async fn shutdown_signal() {
 }
 
 /// Limits of an HTTP listener from its configuration keys.
-fn http_limits(
+pub(crate) fn http_limits(
     max: usize,
     per_address: usize,
     ipv6_prefix: u8,
@@ -263,6 +263,27 @@ async fn bind_tcp(key: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::Tcp
         .with_context(|| format!("binding {key} {addr}"))
 }
 
+/// Binds every address of the list `key`. When the list is the default (`defaulted`), an
+/// IPv6 address that cannot be bound is skipped with a warning: a host without IPv6 runs on
+/// IPv4.
+pub(crate) async fn bind_tcp_all(
+    key: &str,
+    addrs: &[SocketAddr],
+    defaulted: bool,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut out = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => out.push(l),
+            Err(e) if addr.is_ipv6() && defaulted => {
+                tracing::warn!(%addr, error = %e, "IPv6 {key} listener not available; continuing without it");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {key}.{i} {addr}")),
+        }
+    }
+    Ok(out)
+}
+
 fn join_addrs(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -309,16 +330,7 @@ async fn bind_tls_listeners(
     ));
     let serve = tls.one_port(turn, registry);
     let metrics = callbox_http::ListenerMetrics::register(registry, "tls", Arc::clone(&limits));
-    for (i, addr) in t.listen_addrs().into_iter().enumerate() {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            // The default listens on [::] too; a host without IPv6 runs on IPv4.
-            Err(e) if addr.is_ipv6() && t.listen.is_none() => {
-                tracing::warn!(%addr, error = %e, "IPv6 TLS listener not available; continuing without it");
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("binding tls.listen.{i} {addr}")),
-        };
+    for listener in bind_tcp_all("tls.listen", &t.listen_addrs(), t.listen.is_none()).await? {
         out.one_port_addrs.extend(listener.local_addr().ok());
         out.listeners.push(callbox_signal::TlsListener {
             listener,

@@ -166,23 +166,15 @@ impl Port80 {
     ) -> anyhow::Result<Port80> {
         let t = &config.tls;
         let https_port = https.map_or(443, |a| a.port());
-        let limits = callbox_http::ConnectionLimits::new(callbox_http::Limits {
-            max_connections: t.max_connections,
-            max_per_address: t.max_connections_per_address,
-            ipv6_prefix: config.signal.ipv6_prefix_len,
-            header_timeout: Duration::from_millis(config.signal.header_timeout_ms),
-        });
-        let mut listeners = Vec::new();
-        for (i, addr) in t.http_listen_addrs().into_iter().enumerate() {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => listeners.push(l),
-                // The default listens on [::] too; a host without IPv6 runs on IPv4.
-                Err(e) if addr.is_ipv6() && t.http_listen.is_none() => {
-                    tracing::warn!(%addr, error = %e, "IPv6 port-80 listener not available; continuing without it");
-                }
-                Err(e) => return Err(e).with_context(|| format!("binding tls.http_listen.{i} {addr}")),
-            }
-        }
+        let limits = callbox_http::ConnectionLimits::new(crate::serve::http_limits(
+            t.max_connections,
+            t.max_connections_per_address,
+            config.signal.ipv6_prefix_len,
+            config.signal.header_timeout_ms,
+        ));
+        let listeners =
+            crate::serve::bind_tcp_all("tls.http_listen", &t.http_listen_addrs(), t.http_listen.is_none())
+                .await?;
         Ok(Port80 {
             listeners,
             router: callbox_http::port80_router(Arc::clone(tls.certs.challenges()), https_port),

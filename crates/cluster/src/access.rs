@@ -45,7 +45,7 @@ impl Cluster {
     pub async fn access_version(&self) -> Result<Option<String>> {
         let key = self.key("access:version");
         let (v,): (Option<String>,) = self
-            .run("access version", |p| {
+            .run("access", |p| {
                 p.get(key);
             })
             .await?;
@@ -58,7 +58,7 @@ impl Cluster {
         let (data, ver) = (self.key("access"), self.key("access:version"));
         let v = version.clone();
         let () = self
-            .run("publish access", move |p| {
+            .run("publish", move |p| {
                 p.atomic().set(data, json).ignore().set(ver, v).ignore();
             })
             .await?;
@@ -70,7 +70,7 @@ impl Cluster {
     pub async fn fetch_access(&self) -> Result<Option<(String, AccessWire)>> {
         let key = self.key("access");
         let (json,): (Option<String>,) = self
-            .run("fetch access", |p| {
+            .run("access", |p| {
                 p.get(key);
             })
             .await?;

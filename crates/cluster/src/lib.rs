@@ -111,10 +111,11 @@ impl Cluster {
         format!("{}:{name}", self.settings.key_prefix)
     }
 
-    /// Runs `cmd`, bounded by the timeout, and records the outcome.
+    /// Runs `cmd`, bounded by the timeout, and records the outcome under `operation`
+    /// (`access`, `publish`, `heartbeat` or `nodes`: the failure metric's label).
     async fn run<T: redis::FromRedisValue>(
         &self,
-        what: &str,
+        operation: &'static str,
         cmd: impl FnOnce(&mut redis::Pipeline),
     ) -> Result<T> {
         let mut pipe = redis::pipe();
@@ -127,7 +128,7 @@ impl Cluster {
         };
         match &result {
             Ok(_) => self.metrics.ok(),
-            Err(e) => self.metrics.failed(what, e),
+            Err(e) => self.metrics.failed(operation, e),
         }
         result
     }

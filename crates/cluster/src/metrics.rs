@@ -36,21 +36,15 @@ impl ClusterMetrics {
         }
     }
 
-    pub(crate) fn failed(&self, what: &str, e: &crate::ClusterError) {
+    pub(crate) fn failed(&self, operation: &'static str, e: &crate::ClusterError) {
         if self.up.swap(false, Relaxed) {
-            tracing::warn!(operation = what, error = %e, "cluster: redis unreachable; serving from the last snapshot");
+            tracing::warn!(operation, error = %e, "cluster: redis unreachable; serving from the last snapshot");
         }
-        let name = match what {
-            "heartbeat" => "heartbeat",
-            "list nodes" | "read nodes" | "prune nodes" => "nodes",
-            "publish access" => "publish",
-            _ => "access",
-        };
         *self
             .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(name)
+            .entry(operation)
             .or_default() += 1;
     }
 

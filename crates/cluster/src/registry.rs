@@ -82,7 +82,7 @@ impl Cluster {
         let id = self.settings.node_id.clone();
         let (key, set) = (self.key(&format!("node:{id}")), self.key("nodes"));
         let () = self
-            .run("deregister", move |p| {
+            .run("heartbeat", move |p| {
                 p.del(key).ignore().zrem(set, id).ignore();
             })
             .await?;
@@ -93,7 +93,7 @@ impl Cluster {
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         let set = self.key("nodes");
         let (ids,): (Vec<String>,) = self
-            .run("list nodes", |p| {
+            .run("nodes", |p| {
                 p.zrange(set, 0, -1);
             })
             .await?;
@@ -102,7 +102,7 @@ impl Cluster {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("node:{id}"))).collect();
         let (records,): (Vec<Option<String>>,) = self
-            .run("read nodes", |p| {
+            .run("nodes", |p| {
                 p.mget(keys);
             })
             .await?;
@@ -120,7 +120,7 @@ impl Cluster {
         if !gone.is_empty() {
             let set = self.key("nodes");
             let _: Result<()> = self
-                .run("prune nodes", move |p| {
+                .run("nodes", move |p| {
                     p.zrem(set, gone).ignore();
                 })
                 .await;

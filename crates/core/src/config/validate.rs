@@ -63,21 +63,20 @@ impl Config {
                 format!("{ip} cannot be a relay address"),
             ));
         }
-        for (key, v) in [
-            ("turn.http_max_connections", t.http_max_connections as u64),
-            ("turn.tcp_max_connections", t.tcp_max_connections as u64),
-            (
-                "turn.tcp_max_connections_per_address",
-                t.tcp_max_connections_per_address as u64,
-            ),
-            ("turn.tcp_idle_timeout_ms", t.tcp_idle_timeout_ms),
-            ("turn.reservation_lifetime", t.reservation_lifetime),
-            ("turn.max_reservations", t.max_reservations as u64),
-        ] {
-            if v == 0 {
-                p.push((key.into(), "must be at least 1".into()));
-            }
-        }
+        at_least_one(
+            &mut p,
+            &[
+                ("turn.http_max_connections", t.http_max_connections as u64),
+                ("turn.tcp_max_connections", t.tcp_max_connections as u64),
+                (
+                    "turn.tcp_max_connections_per_address",
+                    t.tcp_max_connections_per_address as u64,
+                ),
+                ("turn.tcp_idle_timeout_ms", t.tcp_idle_timeout_ms),
+                ("turn.reservation_lifetime", t.reservation_lifetime),
+                ("turn.max_reservations", t.max_reservations as u64),
+            ],
+        );
         // One largest STUN message (and its header) must fit, or a client could never be
         // answered.
         if t.tcp_send_buffer_bytes < 65_536 + 20 {
@@ -161,35 +160,34 @@ impl Config {
                 ));
             }
         }
-        for (key, v) in [
-            ("signal.room_capacity", sg.room_capacity as u64),
-            ("signal.max_message_bytes", sg.max_message_bytes as u64),
-            ("signal.heartbeat_ms", sg.heartbeat_ms),
-            ("signal.resume_log_messages", sg.resume_log_messages as u64),
-            ("signal.resume_log_bytes", sg.resume_log_bytes as u64),
-            ("signal.send_buffer_bytes", sg.send_buffer_bytes as u64),
-            (
-                "signal.max_connections_per_address",
-                sg.max_connections_per_address as u64,
-            ),
-            ("signal.rate_per_connection", u64::from(sg.rate_per_connection)),
-            ("signal.rate_per_address", u64::from(sg.rate_per_address)),
-            ("signal.rate_per_room", u64::from(sg.rate_per_room)),
-            (
-                "signal.http_rate_per_address",
-                u64::from(sg.http_rate_per_address),
-            ),
-            ("signal.max_connections", sg.max_connections as u64),
-            ("admin.max_connections", self.admin.max_connections as u64),
-            (
-                "admin.max_connections_per_address",
-                self.admin.max_connections_per_address as u64,
-            ),
-        ] {
-            if v == 0 {
-                p.push((key.into(), "must be at least 1".into()));
-            }
-        }
+        at_least_one(
+            &mut p,
+            &[
+                ("signal.room_capacity", sg.room_capacity as u64),
+                ("signal.max_message_bytes", sg.max_message_bytes as u64),
+                ("signal.heartbeat_ms", sg.heartbeat_ms),
+                ("signal.resume_log_messages", sg.resume_log_messages as u64),
+                ("signal.resume_log_bytes", sg.resume_log_bytes as u64),
+                ("signal.send_buffer_bytes", sg.send_buffer_bytes as u64),
+                (
+                    "signal.max_connections_per_address",
+                    sg.max_connections_per_address as u64,
+                ),
+                ("signal.rate_per_connection", u64::from(sg.rate_per_connection)),
+                ("signal.rate_per_address", u64::from(sg.rate_per_address)),
+                ("signal.rate_per_room", u64::from(sg.rate_per_room)),
+                (
+                    "signal.http_rate_per_address",
+                    u64::from(sg.http_rate_per_address),
+                ),
+                ("signal.max_connections", sg.max_connections as u64),
+                ("admin.max_connections", self.admin.max_connections as u64),
+                (
+                    "admin.max_connections_per_address",
+                    self.admin.max_connections_per_address as u64,
+                ),
+            ],
+        );
         if sg.room_capacity > 1000 {
             p.push(("signal.room_capacity".into(), "must be at most 1000".into()));
         }
@@ -283,19 +281,18 @@ impl Config {
                 }
             }
         }
-        for (key, v) in [
-            ("tls.handshake_timeout_ms", tls.handshake_timeout_ms),
-            ("tls.max_handshakes", tls.max_handshakes as u64),
-            ("tls.max_connections", tls.max_connections as u64),
-            (
-                "tls.max_connections_per_address",
-                tls.max_connections_per_address as u64,
-            ),
-        ] {
-            if v == 0 {
-                p.push((key.into(), "must be at least 1".into()));
-            }
-        }
+        at_least_one(
+            &mut p,
+            &[
+                ("tls.handshake_timeout_ms", tls.handshake_timeout_ms),
+                ("tls.max_handshakes", tls.max_handshakes as u64),
+                ("tls.max_connections", tls.max_connections as u64),
+                (
+                    "tls.max_connections_per_address",
+                    tls.max_connections_per_address as u64,
+                ),
+            ],
+        );
         let ad = &self.admin;
         if ad.max_body_bytes < 1024 {
             p.push(("admin.max_body_bytes".into(), "must be at least 1024".into()));
@@ -379,14 +376,13 @@ fn validate_acme(tls: &super::Tls, p: &mut Vec<(String, String)>) {
     if !(1..=90).contains(&tls.acme_renew_remaining_percent) {
         p.push(("tls.acme_renew_remaining_percent".into(), "must be 1-90".into()));
     }
-    for (key, v) in [
-        ("tls.acme_retry_min_ms", tls.acme_retry_min_ms),
-        ("tls.acme_order_timeout_ms", tls.acme_order_timeout_ms),
-    ] {
-        if v == 0 {
-            p.push((key.into(), "must be at least 1".into()));
-        }
-    }
+    at_least_one(
+        p,
+        &[
+            ("tls.acme_retry_min_ms", tls.acme_retry_min_ms),
+            ("tls.acme_order_timeout_ms", tls.acme_order_timeout_ms),
+        ],
+    );
     if tls.acme_retry_max_ms < tls.acme_retry_min_ms {
         p.push((
             "tls.acme_retry_max_ms".into(),
@@ -433,18 +429,26 @@ fn validate_cluster(c: &super::Cluster, p: &mut Vec<(String, String)>) {
     if !label(&c.key_prefix) {
         p.push(("cluster.key_prefix".into(), "must be 1-64 of A-Za-z0-9._-".into()));
     }
-    for (key, v) in [
-        ("cluster.heartbeat_ms", c.heartbeat_ms),
-        ("cluster.timeout_ms", c.timeout_ms),
-    ] {
-        if v == 0 {
-            p.push((key.into(), "must be at least 1".into()));
-        }
-    }
+    at_least_one(
+        p,
+        &[
+            ("cluster.heartbeat_ms", c.heartbeat_ms),
+            ("cluster.timeout_ms", c.timeout_ms),
+        ],
+    );
     if c.node_ttl_ms < c.heartbeat_ms.saturating_mul(2) {
         p.push((
             "cluster.node_ttl_ms".into(),
             "must be at least twice cluster.heartbeat_ms (a node must miss two heartbeats to be gone)".into(),
         ));
+    }
+}
+
+/// Each of `fields` (key, value) must be at least 1.
+fn at_least_one(p: &mut Vec<(String, String)>, fields: &[(&str, u64)]) {
+    for (key, v) in fields {
+        if *v == 0 {
+            p.push(((*key).into(), "must be at least 1".into()));
+        }
     }
 }
