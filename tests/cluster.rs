@@ -6,78 +6,16 @@
 //! stopped and restarted mid-test costs nothing that needs it not. Run inside a namespace
 //! that has only `lo` (see scripts/test.sh).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callbox_core::Secret;
 use callbox_core::credentials::mint;
 use serde_json::{Value, json};
-use test_support::{Background, CallboxProcess, TurnClient, http_get, metric};
+use test_support::redis::Redis;
+use test_support::{CallboxProcess, TurnClient, http_get, metric};
 use turn_proto::stun::Class;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callbox");
-
-/// `redis-server`, panicking (never skipping) when it is missing.
-fn redis_server() -> PathBuf {
-    let p = Path::new("/usr/bin/redis-server");
-    assert!(
-        p.exists(),
-        "redis-server not found: install Debian's `redis-server` package; .ci/run does this"
-    );
-    p.to_path_buf()
-}
-
-/// A redis-server on 127.0.0.1:`port` without persistence (a restart starts empty, as a
-/// Redis that lost its data).
-struct Redis {
-    port: u16,
-    process: Option<Background>,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis {
-            port,
-            process: None,
-            _dir: tempfile::tempdir().unwrap(),
-        };
-        r.run();
-        r
-    }
-
-    fn run(&mut self) {
-        let child = Background::spawn(
-            Command::new(redis_server())
-                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(self._dir.path()),
-        );
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.process = Some(child);
-    }
-
-    fn stop(&mut self) {
-        self.process = None;
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
 
 fn cluster(redis: &Redis, node_id: &str, region: &str) -> String {
     format!(

@@ -191,7 +191,7 @@ impl Live for LiveRoles {
     ) -> BoxFuture<'_, Option<Result<usize, NodeError>>> {
         Box::pin(async move {
             match (self.is_me(&node), node) {
-                (true, _) => Some(Ok(self.signal.as_ref()?.close_room(&room))),
+                (true, _) => Some(Ok(self.signal.as_ref()?.close_room(&room).await)),
                 (false, Some(n)) => Some(self.act(&n, "close_room", json!({"room": room})).await),
                 (false, None) => None,
             }
@@ -206,7 +206,7 @@ impl Live for LiveRoles {
     ) -> BoxFuture<'_, Option<Result<bool, NodeError>>> {
         Box::pin(async move {
             match (self.is_me(&node), node) {
-                (true, _) => Some(Ok(self.signal.as_ref()?.kick_peer(&room, &peer_id))),
+                (true, _) => Some(Ok(self.signal.as_ref()?.kick_peer(&room, &peer_id).await)),
                 (false, Some(n)) => Some(
                     self.act(&n, "kick_peer", json!({"room": room, "peer_id": peer_id}))
                         .await,
@@ -268,11 +268,11 @@ impl RpcHandler for LiveRoles {
                 "rooms" => json!(self.local_rooms().ok_or(no_role("signal"))?),
                 "close_room" => {
                     let signal = self.signal.as_ref().ok_or(no_role("signal"))?;
-                    json!(signal.close_room(&str_arg("room")?))
+                    json!(signal.close_room(&str_arg("room")?).await)
                 }
                 "kick_peer" => {
                     let signal = self.signal.as_ref().ok_or(no_role("signal"))?;
-                    json!(signal.kick_peer(&str_arg("room")?, &str_arg("peer_id")?))
+                    json!(signal.kick_peer(&str_arg("room")?, &str_arg("peer_id")?).await)
                 }
                 other => return Err(format!("unknown request `{other}`")),
             };

@@ -575,7 +575,8 @@ pub async fn serve(
             default_ttl: auth.credential_ttl,
             max_ttl: auth.max_credential_ttl,
         };
-        let role = callbox_signal::SignalRole::new(config.signal.clone(), ice, Arc::clone(&registry));
+        let role = callbox_signal::SignalRole::new(config.signal.clone(), ice, Arc::clone(&registry))
+            .map_err(anyhow::Error::msg)?;
         let control = role.control();
         control.set_api_keys(snapshot.api_keys.iter().cloned().collect());
         control.set_bans(snapshot.bans.iter().map(|(_, n)| *n).collect());

@@ -331,6 +331,18 @@ pub struct Signal {
     /// TURN/STUN URLs to hand out when the turn role does not run in this process.
     pub turn_urls: Vec<String>,
     pub stun_urls: Vec<String>,
+    /// Rooms shared by every signaling instance on this Redis (`redis://`, `rediss://`);
+    /// unset: the rooms of this process alone. See docs/cluster.md.
+    pub redis_url: Option<Secret>,
+    /// Prefix of the shared rooms' Redis keys (several deployments can share one Redis).
+    pub redis_key_prefix: String,
+    /// Milliseconds a Redis command (or connecting) may take before it counts as failed.
+    pub redis_timeout_ms: u64,
+    /// Milliseconds an instance's lease lasts without renewal (renewed every fifth of
+    /// it): past it, other instances put its peers into their resume grace.
+    pub redis_lease_ms: u64,
+    /// Entries an instance's inbox stream keeps at most while unread.
+    pub redis_inbox_max: u64,
 }
 
 impl Default for Signal {
@@ -362,6 +374,11 @@ impl Default for Signal {
             drain_seconds: 20,
             turn_urls: vec![],
             stun_urls: vec![],
+            redis_url: None,
+            redis_key_prefix: "callbox-signal".into(),
+            redis_timeout_ms: 1000,
+            redis_lease_ms: 5000,
+            redis_inbox_max: 100_000,
         }
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct Admission {
 }
 
 /// Every check that can be made before the upgrade, in PROTOCOL.md's order.
-pub(crate) fn admit(
+pub(crate) async fn admit(
     app: &AppState,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -131,13 +131,17 @@ pub(crate) fn admit(
             Some((token.clone(), last_seq))
         }
     };
-    app.hub
-        .check(
-            room,
-            resume.as_ref().map(|(t, n)| (t.as_str(), *n)),
-            Instant::now(),
-        )
-        .map_err(|e| refuse(e.into()))?;
+    let resume_ref = resume.as_ref().map(|(t, n)| (t.as_str(), *n));
+    match &app.shared {
+        Some(shared) => shared
+            .check(room, resume_ref)
+            .await
+            .map_err(|e| refuse(e.into()))?,
+        None => app
+            .hub
+            .check(room, resume_ref, Instant::now())
+            .map_err(|e| refuse(e.into()))?,
+    }
     Ok(Admission {
         room: room.to_string(),
         identity,

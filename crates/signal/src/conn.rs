@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::hub::{Ended, Hub, Outbox, Verdict};
 use crate::metrics::SignalMetrics;
 use crate::protocol::CloseCode;
+use crate::shared::SharedRooms;
 
 /// The hub's handle on a connection: a queue whose bytes are counted against the send
 /// buffer limit, and a close request, both behind one wake-up for the connection task.
@@ -117,6 +118,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Everything a connection needs besides its socket.
 pub struct ConnContext {
     pub hub: Arc<Hub>,
+    /// The rooms shared through Redis, when configured: then they, not `hub`, hold the
+    /// peer (the hub still counts addresses and metrics).
+    pub shared: Option<Arc<SharedRooms>>,
+    /// The peer's epoch in the shared rooms.
+    pub epoch: u64,
     pub room: String,
     pub peer_id: String,
     pub conn: u64,
@@ -191,7 +197,7 @@ where
                 if let Some((code, reason)) = ctx.outbox.take_close() {
                     // The hub hears first: a slow reader may never take the close frame.
                     let ended = ended_by(code);
-                    hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+                    report(&ctx, ended).await;
                     reported = true;
                     let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
                     break ended;
@@ -234,7 +240,13 @@ where
                             break Ended::Error;
                         }
                         let ice = Arc::clone(&ctx.ice);
-                        match hub.message(&ctx.room, &ctx.peer_id, ctx.conn, text.as_str(), Instant::now(), &*ice) {
+                        let verdict = match &ctx.shared {
+                            // Boxed: the shared path's future lives only while a message
+                            // is handled, not inside every idle connection's future.
+                            Some(s) => Box::pin(s.message(&ctx.room, &ctx.peer_id, ctx.conn, ctx.epoch, ctx.addr, text.as_str(), &*ice)).await,
+                            None => hub.message(&ctx.room, &ctx.peer_id, ctx.conn, text.as_str(), Instant::now(), &*ice),
+                        };
+                        match verdict {
                             Verdict::Continue => {}
                             Verdict::Close(code) => {
                                 // Whatever the hub queued before (e.g. the last error) goes first.
@@ -286,7 +298,10 @@ where
                 }
                 if now >= next_ice {
                     let (list, ttl) = (ctx.ice)();
-                    hub.push_ice(&ctx.room, &ctx.peer_id, ctx.conn, &list, ttl);
+                    match &ctx.shared {
+                        Some(s) => Box::pin(s.push_ice(&ctx.room, &ctx.peer_id, ctx.epoch, &list, ttl)).await,
+                        None => hub.push_ice(&ctx.room, &ctx.peer_id, ctx.conn, &list, ttl),
+                    }
                     next_ice = now + ice_every;
                 }
                 timer.as_mut().reset(next_ping.min(next_ice));
@@ -297,9 +312,18 @@ where
     tracing::debug!(room = %ctx.room, peer = %ctx.peer_id, ?ended, "signaling connection ended");
     // `leave` already removed the peer (reported as Replaced so nothing happens twice).
     if !reported {
-        hub.ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now());
+        report(&ctx, ended).await;
     }
-    let _ = ctx.addr;
+}
+
+/// Tells the hub (or the shared rooms) how the connection ended.
+async fn report(ctx: &ConnContext, ended: Ended) {
+    match &ctx.shared {
+        Some(s) => Box::pin(s.ended(&ctx.room, &ctx.peer_id, ctx.conn, ctx.epoch, ended)).await,
+        None => ctx
+            .hub
+            .ended(&ctx.room, &ctx.peer_id, ctx.conn, ended, Instant::now()),
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +355,8 @@ mod tests {
         );
         let ctx = ConnContext {
             hub: Arc::clone(hub),
+            shared: None,
+            epoch: 0,
             room: "r".into(),
             peer_id: j.peer_id,
             conn: j.conn,

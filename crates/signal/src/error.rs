@@ -27,6 +27,8 @@ pub enum RefusalCode {
     TooLarge,
     TooManyConnections,
     Unauthorized,
+    /// The shared rooms' Redis does not answer (`signal.redis_url`).
+    Unavailable,
 }
 
 impl RefusalCode {
@@ -50,6 +52,7 @@ impl RefusalCode {
             RefusalCode::TooLarge => "too-large",
             RefusalCode::TooManyConnections => "too-many-connections",
             RefusalCode::Unauthorized => "unauthorized",
+            RefusalCode::Unavailable => "unavailable",
         }
     }
 
@@ -68,7 +71,7 @@ impl RefusalCode {
             RefusalCode::ResumeExpired | RefusalCode::ResumeGap => StatusCode::GONE,
             RefusalCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RefusalCode::RateLimited | RefusalCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            RefusalCode::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            RefusalCode::Draining | RefusalCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -94,6 +97,22 @@ impl Refusal {
 impl From<JoinError> for Refusal {
     fn from(e: JoinError) -> Self {
         Refusal::new(e.code(), e.message())
+    }
+}
+
+impl From<crate::shared::SharedError> for Refusal {
+    fn from(e: crate::shared::SharedError) -> Self {
+        match e {
+            crate::shared::SharedError::Join(e) => e.into(),
+            crate::shared::SharedError::Unavailable => {
+                let mut r = Refusal::new(
+                    RefusalCode::Unavailable,
+                    "signaling state is unreachable; try again shortly",
+                );
+                r.retry_after = Some(2);
+                r
+            }
+        }
     }
 }
 

@@ -127,6 +127,8 @@ pub enum Verdict {
 pub struct Joined {
     pub peer_id: String,
     pub conn: u64,
+    /// The peer's epoch in the shared rooms (bumped by each resume); 0 on one instance.
+    pub epoch: u64,
     pub resumed: bool,
 }
 
@@ -408,6 +410,7 @@ impl Hub {
         Joined {
             peer_id,
             conn,
+            epoch: 0,
             resumed: false,
         }
     }
@@ -474,6 +477,7 @@ impl Hub {
         Ok(Joined {
             peer_id: pid,
             conn,
+            epoch: 0,
             resumed: true,
         })
     }

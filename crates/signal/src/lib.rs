@@ -22,6 +22,7 @@ pub mod page;
 pub mod protocol;
 mod rate;
 mod role;
+pub mod shared;
 mod upgrade;
 
 pub use crate::error::{Refusal, RefusalCode};

@@ -22,7 +22,7 @@ const MESSAGE_TYPES: [&str; 9] = [
     "other",
 ];
 
-const REJECT_REASONS: [&str; 19] = [
+const REJECT_REASONS: [&str; 20] = [
     "bad-room",
     "unauthorized",
     "origin",
@@ -42,6 +42,7 @@ const REJECT_REASONS: [&str; 19] = [
     "slow-reader",
     "bad-username",
     "bad-ttl",
+    "unavailable",
 ];
 
 /// Relay latency buckets (seconds).
@@ -60,6 +61,8 @@ pub struct SignalMetrics {
     pub ice_requests: AtomicU64,
     /// Session records lost because the history channel was full or closed.
     pub session_events_dropped: AtomicU64,
+    /// Redis commands of the shared rooms that failed or timed out.
+    pub redis_errors: AtomicU64,
     messages: [AtomicU64; MESSAGE_TYPES.len()],
     rejects: [AtomicU64; REJECT_REASONS.len()],
     /// Observations per bucket, each counted in the first bucket it fits (the encoder
@@ -174,6 +177,11 @@ impl Collector for SignalMetrics {
                 "callbox_signal_session_events_dropped",
                 "Finished-session records dropped because the history channel was full or closed.",
                 &self.session_events_dropped,
+            ),
+            (
+                "callbox_signal_redis_errors",
+                "Redis commands of the shared rooms (signal.redis_url) that failed or timed out.",
+                &self.redis_errors,
             ),
         ] {
             counter(&mut enc, name, help, v.load(Relaxed))?;

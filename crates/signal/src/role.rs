@@ -27,12 +27,16 @@ use crate::limits::HttpLimiter;
 use crate::metrics::SignalMetrics;
 use crate::page;
 use crate::protocol::CloseCode;
+use crate::shared::{SharedRooms, SharedSettings};
 use crate::upgrade::{signal_validate, signal_ws};
 
 /// Shared state of the signal role's handlers.
 pub struct AppState {
     pub cfg: SignalConfig,
     pub hub: Arc<Hub>,
+    /// The rooms shared with other instances through Redis (`signal.redis_url`); when
+    /// set, rooms live there and `hub` only counts addresses.
+    pub shared: Option<Arc<SharedRooms>>,
     pub ice: IceSource,
     pub draining: AtomicBool,
     pub http_limiter: HttpLimiter,
@@ -61,8 +65,13 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Builds the role's state from configuration; its metrics go into `registry`.
-pub fn state(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) -> Arc<AppState> {
+/// Builds the role's state from configuration; its metrics go into `registry`. Fails only
+/// on a `signal.redis_url` that does not parse.
+pub fn state(
+    cfg: SignalConfig,
+    ice: IceSource,
+    registry: Arc<MetricsRegistry>,
+) -> Result<Arc<AppState>, String> {
     let metrics = Arc::new(SignalMetrics::default());
     metrics.register(&registry);
     let hub_cfg = HubConfig {
@@ -78,6 +87,26 @@ pub fn state(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) 
         ipv6_prefix: cfg.ipv6_prefix_len,
     };
     let (session_tx, session_rx) = mpsc::channel(SESSION_EVENTS_CAPACITY);
+    let ready = Arc::new(AtomicBool::new(true));
+    let shared = match &cfg.redis_url {
+        None => None,
+        Some(url) => Some(
+            SharedRooms::new(
+                hub_cfg.clone(),
+                SharedSettings {
+                    redis_url: url.expose().to_string(),
+                    key_prefix: cfg.redis_key_prefix.clone(),
+                    timeout: Duration::from_millis(cfg.redis_timeout_ms),
+                    lease: Duration::from_millis(cfg.redis_lease_ms),
+                    inbox_max: cfg.redis_inbox_max,
+                },
+                Arc::clone(&metrics),
+                Some(session_tx.clone()),
+                Arc::clone(&ready),
+            )
+            .map_err(|e| format!("signal.redis_url: {e}"))?,
+        ),
+    };
     let hub = Arc::new(
         Hub::new(hub_cfg, Arc::clone(&metrics), Box::new(rand::random::<u128>))
             .with_session_events(session_tx),
@@ -88,7 +117,7 @@ pub fn state(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) 
         ipv6_prefix: cfg.ipv6_prefix_len,
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
     });
-    Arc::new(AppState {
+    Ok(Arc::new(AppState {
         http_limiter: HttpLimiter::new(cfg.http_rate_per_address, Duration::from_secs(10)),
         listener_metrics: callbox_http::ListenerMetrics::register(
             &registry,
@@ -99,14 +128,15 @@ pub fn state(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) 
         registry,
         cfg,
         hub,
+        shared,
         ice,
         draining: AtomicBool::new(false),
         metrics,
-        ready: Arc::new(AtomicBool::new(true)),
+        ready,
         bans: ArcSwap::from_pointee(Vec::new()),
         store_api_keys: ArcSwap::from_pointee(HashMap::new()),
         session_events: Mutex::new(Some(session_rx)),
-    })
+    }))
 }
 
 impl AppState {
@@ -125,6 +155,19 @@ impl AppState {
         self.bans.store(Arc::new(bans));
         let bans = self.bans.load();
         if bans.is_empty() {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            let shared = Arc::clone(shared);
+            let bans = Arc::clone(&bans);
+            tokio::spawn(async move {
+                let n = shared
+                    .kick_addresses(|ip| bans.iter().any(|b| b.contains(ip)))
+                    .await;
+                if n > 0 {
+                    tracing::info!(peers = n, "banned peers removed");
+                }
+            });
             return;
         }
         let n = self.hub.kick_addresses(|ip| bans.iter().any(|b| b.contains(ip)));
@@ -227,29 +270,44 @@ impl SignalControl {
         self.app.take_session_events()
     }
 
-    /// Every room with its peers.
+    /// Every room with its peers (with shared rooms: the peers connected here).
     pub fn rooms(&self) -> Vec<RoomInfo> {
-        self.app.hub.rooms()
+        match &self.app.shared {
+            Some(s) => s.rooms(None),
+            None => self.app.hub.rooms(),
+        }
     }
 
-    /// One room, if it has peers or upgrades in progress.
+    /// One room, if it has peers or upgrades in progress (shared: peers here).
     pub fn room(&self, name: &str) -> Option<RoomInfo> {
-        self.app.hub.room(name)
+        match &self.app.shared {
+            Some(s) => s.rooms(Some(name)).pop(),
+            None => self.app.hub.room(name),
+        }
     }
 
-    /// Rooms with at least one peer, and peers.
+    /// Rooms with at least one peer, and peers (shared: connected here).
     pub fn counts(&self) -> (usize, usize) {
-        self.app.hub.counts()
+        match &self.app.shared {
+            Some(s) => s.counts(),
+            None => self.app.hub.counts(),
+        }
     }
 
-    /// Closes a room with 4009; how many peers were in it.
-    pub fn close_room(&self, name: &str) -> usize {
-        self.app.hub.close_room(name)
+    /// Closes a room with 4009 (shared: on every instance); how many peers were in it.
+    pub async fn close_room(&self, name: &str) -> usize {
+        match &self.app.shared {
+            Some(s) => s.close_room(name).await,
+            None => self.app.hub.close_room(name),
+        }
     }
 
-    /// Kicks a peer with 4003; whether there was one.
-    pub fn kick_peer(&self, room: &str, peer_id: &str) -> bool {
-        self.app.hub.kick_peer(room, peer_id)
+    /// Kicks a peer with 4003 (shared: wherever it is connected); whether there was one.
+    pub async fn kick_peer(&self, room: &str, peer_id: &str) -> bool {
+        match &self.app.shared {
+            Some(s) => s.kick_peer(room, peer_id).await,
+            None => self.app.hub.kick_peer(room, peer_id),
+        }
     }
 }
 
@@ -262,10 +320,11 @@ pub struct SignalRole {
 impl SignalRole {
     /// The role for a configuration and the source of its ICE server lists; its metrics
     /// go into the process's `registry`.
-    pub fn new(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) -> Self {
-        Self {
-            app: state(cfg, ice, registry),
-        }
+    /// Fails only on a `signal.redis_url` that does not parse.
+    pub fn new(cfg: SignalConfig, ice: IceSource, registry: Arc<MetricsRegistry>) -> Result<Self, String> {
+        Ok(Self {
+            app: state(cfg, ice, registry)?,
+        })
     }
 
     /// The handle the binary keeps for admin and access changes.
@@ -284,6 +343,9 @@ impl SignalRole {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = Arc::clone(&self.app);
+        if let Some(shared) = &app.shared {
+            shared.start();
+        }
         let hub = Arc::clone(&app.hub);
         let ticker = tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_millis(500));
@@ -298,10 +360,11 @@ impl SignalRole {
             shutdown.await;
             drain_app.draining.store(true, Ordering::Relaxed);
             tracing::info!("signal role draining");
-            drain_app.hub.close_all(
-                CloseCode::Draining,
-                "server draining; reconnect with your resume token",
-            );
+            let why = "server draining; reconnect with your resume token";
+            match &drain_app.shared {
+                Some(s) => s.close_all(CloseCode::Draining, why),
+                None => drain_app.hub.close_all(CloseCode::Draining, why),
+            }
             let deadline = Instant::now() + Duration::from_secs(drain_app.cfg.drain_seconds);
             while drain_app.metrics.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -39,6 +39,7 @@ fn app(cfg: SignalConfig) -> Arc<AppState> {
         },
         Arc::new(callbox_core::metrics::MetricsRegistry::new()),
     )
+    .expect("no redis url")
 }
 
 async fn serve(app: Arc<AppState>) -> SocketAddr {
@@ -187,12 +188,13 @@ async fn a_ban_racing_an_upgrade_still_closes_the_connection() {
         ip,
         true,
     )
+    .await
     .unwrap_or_else(|_| panic!("admitted"));
     app.hub.reserve("r").unwrap();
     app.set_bans(vec![Cidr::new(ip, 32).unwrap()]);
     let (_to_server, stream) = fmpsc::unbounded::<Result<axum::extract::ws::Message, String>>();
     let (sink, mut from_server) = fmpsc::unbounded::<axum::extract::ws::Message>();
-    run_connection(Arc::clone(&app), admission, ip, sink, stream).await;
+    run_connection(Arc::clone(&app), admission, None, ip, sink, stream).await;
     let mut frames = Vec::new();
     while let Some(m) = from_server.next().await {
         frames.push(m);

@@ -18,6 +18,7 @@ use crate::admission::{Admission, admit};
 use crate::conn::{self, ConnContext, ConnOutbox};
 use crate::error::{Refusal, RefusalCode};
 use crate::role::AppState;
+use crate::shared::SharedError;
 
 pub(crate) async fn signal_validate(
     State(app): State<Arc<AppState>>,
@@ -35,7 +36,7 @@ pub(crate) async fn signal_validate(
         r.retry_after = Some(secs);
         return r.into_response();
     }
-    match admit(&app, &headers, &q, ip, true) {
+    match admit(&app, &headers, &q, ip, true).await {
         Ok(_) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -54,7 +55,7 @@ pub(crate) async fn signal_ws(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let ip = callbox_core::policy::canonical(peer.ip());
-    let admission = match admit(&app, &headers, &q, ip, true) {
+    let admission = match admit(&app, &headers, &q, ip, true).await {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
@@ -70,18 +71,27 @@ pub(crate) async fn signal_ws(
         )
         .into_response();
     }
-    if admission.resume.is_none()
-        && let Err(e) = app.hub.reserve(&admission.room)
-    {
-        app.hub.disconnect_address(ip);
-        let r: Refusal = e.into();
-        app.metrics.reject(r.code.as_str());
-        return r.into_response();
+    let mut reservation = None;
+    if admission.resume.is_none() {
+        let reserved = match &app.shared {
+            Some(s) => s
+                .reserve(&admission.room)
+                .await
+                .map(|id| reservation = Some(id))
+                .map_err(Refusal::from),
+            None => app.hub.reserve(&admission.room).map_err(Refusal::from),
+        };
+        if let Err(r) = reserved {
+            app.hub.disconnect_address(ip);
+            app.metrics.reject(r.code.as_str());
+            return r.into_response();
+        }
     }
     let limit = app.cfg.max_message_bytes;
     let fail_app = Arc::clone(&app);
     let fail_room = admission.room.clone();
     let reserved = admission.resume.is_none();
+    let fail_reservation = reservation.clone();
     // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
     // 128 KiB read buffer (it grows for large messages, up to the message limit).
     ws.protocols([SUBPROTOCOL])
@@ -93,7 +103,13 @@ pub(crate) async fn signal_ws(
         .max_frame_size(limit)
         .on_failed_upgrade(move |_| {
             if reserved {
-                fail_app.hub.unreserve(&fail_room);
+                match (&fail_app.shared, fail_reservation) {
+                    (Some(s), Some(id)) => {
+                        let s = Arc::clone(s);
+                        tokio::spawn(async move { s.unreserve(&fail_room, &id).await });
+                    }
+                    _ => fail_app.hub.unreserve(&fail_room),
+                }
             }
             fail_app.hub.disconnect_address(ip);
         })
@@ -102,7 +118,7 @@ pub(crate) async fn signal_ws(
         // connection, half a kilobyte on every idle one.
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            run_connection(app, admission, ip, sink, stream)
+            run_connection(app, admission, reservation, ip, sink, stream)
         })
 }
 
@@ -110,6 +126,7 @@ pub(crate) async fn signal_ws(
 pub(crate) async fn run_connection<S, R, E>(
     app: Arc<AppState>,
     admission: Admission,
+    reservation: Option<String>,
     ip: IpAddr,
     sink: S,
     stream: R,
@@ -132,15 +149,14 @@ pub(crate) async fn run_connection<S, R, E>(
         Some((token, last_seq)) => {
             // The user id of a resumed peer's credentials: the token's, or its peer id.
             let list = app.ice.build(identity.user.as_deref().unwrap_or("anon"), ttl);
-            app.hub.resume(
-                &room,
-                &token,
-                last_seq,
-                ip,
-                outbox.clone(),
-                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
-                Instant::now(),
-            )
+            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
+            match &app.shared {
+                Some(s) => Box::pin(s.resume(&room, &token, last_seq, ip, outbox.clone(), ice)).await,
+                None => app
+                    .hub
+                    .resume(&room, &token, last_seq, ip, outbox.clone(), ice, Instant::now())
+                    .map_err(SharedError::Join),
+            }
         }
         None => {
             let user = identity
@@ -148,13 +164,14 @@ pub(crate) async fn run_connection<S, R, E>(
                 .clone()
                 .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
             let list = app.ice.build(&user, ttl);
-            Ok(app.hub.join(
-                &room,
-                identity.meta,
-                ip,
-                outbox.clone(),
-                (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl),
-            ))
+            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
+            match &app.shared {
+                Some(s) => {
+                    let id = reservation.unwrap_or_default();
+                    Box::pin(s.join(&room, identity.meta, ip, outbox.clone(), ice, &id)).await
+                }
+                None => Ok(app.hub.join(&room, identity.meta, ip, outbox.clone(), ice)),
+            }
         }
     };
     match joined {
@@ -163,7 +180,14 @@ pub(crate) async fn run_connection<S, R, E>(
             // A ban stored after this request's admission check but before its join: the
             // ban's sweep may have missed the peer, but this load sees the new list.
             if app.is_banned(ip) {
-                app.hub.kick_peer(&room, &j.peer_id);
+                match &app.shared {
+                    Some(s) => {
+                        s.kick_peer(&room, &j.peer_id).await;
+                    }
+                    None => {
+                        app.hub.kick_peer(&room, &j.peer_id);
+                    }
+                }
             }
             let ice_app = Arc::clone(&app);
             let user = identity.user.unwrap_or_else(|| j.peer_id.clone());
@@ -173,6 +197,8 @@ pub(crate) async fn run_connection<S, R, E>(
             });
             let ctx = ConnContext {
                 hub: Arc::clone(&app.hub),
+                shared: app.shared.clone(),
+                epoch: j.epoch,
                 room: room.clone(),
                 peer_id: j.peer_id.clone(),
                 conn: j.conn,
@@ -187,8 +213,12 @@ pub(crate) async fn run_connection<S, R, E>(
             tracing::info!(room = %room, peer = %j.peer_id, "peer disconnected");
         }
         Err(e) => {
-            // The resume became invalid between the check and the upgrade.
-            let (code, message) = (e.code().as_str(), e.message());
+            // The resume became invalid between the check and the upgrade (or the shared
+            // rooms' Redis stopped answering).
+            let (code, message) = match e {
+                SharedError::Join(e) => (e.code().as_str(), e.message()),
+                SharedError::Unavailable => ("unavailable", "signaling state is unreachable; try again"),
+            };
             let mut sink = sink;
             let _ = futures_util::SinkExt::send(
                 &mut sink,

@@ -1,6 +1,7 @@
 //! Helpers for callbox's integration tests: spawn the real binary on ephemeral ports and
 //! talk to it with real sockets. Nothing here mocks the server.
 
+pub mod redis;
 pub mod tls;
 pub mod turn_client;
 pub mod ws;

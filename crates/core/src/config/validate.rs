@@ -259,6 +259,7 @@ impl Config {
         }
         validate_acme(tls, &mut p);
         validate_cluster(&self.cluster, &mut p);
+        validate_signal_redis(&self.signal, &mut p);
         if !tls.enabled() {
             let asked = [
                 ("tls.listen", tls.listen.as_ref().is_some_and(|l| !l.is_empty())),
@@ -391,9 +392,9 @@ fn validate_acme(tls: &super::Tls, p: &mut Vec<(String, String)>) {
     }
 }
 
-/// The cluster keys: a Redis URL, names that fit into Redis keys, timings that make sense.
-fn validate_cluster(c: &super::Cluster, p: &mut Vec<(String, String)>) {
-    if let Some(url) = &c.redis_url {
+/// A Redis URL's scheme, under `key`.
+fn validate_redis_url(key: &str, url: Option<&super::Secret>, p: &mut Vec<(String, String)>) {
+    if let Some(url) = url {
         let u = url.expose();
         if !(u.starts_with("redis://")
             || u.starts_with("rediss://")
@@ -401,17 +402,48 @@ fn validate_cluster(c: &super::Cluster, p: &mut Vec<(String, String)>) {
             || u.starts_with("unix://"))
         {
             p.push((
-                "cluster.redis_url".into(),
+                key.into(),
                 "must start with redis://, rediss:// or unix://".into(),
             ));
         }
     }
-    let label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
+}
+
+/// A name that fits into Redis keys and node lists: 1-64 of A-Za-z0-9._-.
+fn label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The shared rooms' keys: a Redis URL, a key prefix, timings that make sense.
+fn validate_signal_redis(s: &super::Signal, p: &mut Vec<(String, String)>) {
+    validate_redis_url("signal.redis_url", s.redis_url.as_ref(), p);
+    if !label(&s.redis_key_prefix) {
+        p.push((
+            "signal.redis_key_prefix".into(),
+            "must be 1-64 of A-Za-z0-9._-".into(),
+        ));
+    }
+    at_least_one(
+        p,
+        &[
+            ("signal.redis_timeout_ms", s.redis_timeout_ms),
+            ("signal.redis_inbox_max", s.redis_inbox_max),
+        ],
+    );
+    if s.redis_lease_ms < s.redis_timeout_ms.saturating_mul(2) {
+        p.push((
+            "signal.redis_lease_ms".into(),
+            "must be at least twice signal.redis_timeout_ms (renewals must fit in it)".into(),
+        ));
+    }
+}
+
+/// The cluster keys: a Redis URL, names that fit into Redis keys, timings that make sense.
+fn validate_cluster(c: &super::Cluster, p: &mut Vec<(String, String)>) {
+    validate_redis_url("cluster.redis_url", c.redis_url.as_ref(), p);
     if let Some(id) = &c.node_id
         && !label(id)
     {
