@@ -24,27 +24,26 @@ mkdirSync(artifacts, { recursive: true });
 let server;
 let browser;
 
-function startCallbox() {
+const WHOLE_APPLIANCE = [
+  "[turn]",
+  'listen = ["127.0.0.1:0"]',
+  'http_listen = "127.0.0.1:0"',
+  'relay_ip = "127.0.0.1"',
+  "relay_port_min = 20000",
+  "relay_port_max = 30000",
+  'allow_peers = ["127.0.0.0/8"]',
+  "[signal]",
+  'listen = "127.0.0.1:0"',
+  "resume_grace = 30",
+];
+
+/** callbox with these config lines (and `serve` arguments), once it says it is ready. */
+function startCallbox(lines = WHOLE_APPLIANCE, args = []) {
   const dir = mkdtempSync(join(tmpdir(), "callbox-browser-"));
   const config = join(dir, "callbox.toml");
-  writeFileSync(
-    config,
-    [
-      "[turn]",
-      'listen = ["127.0.0.1:0"]',
-      'http_listen = "127.0.0.1:0"',
-      'relay_ip = "127.0.0.1"',
-      "relay_port_min = 20000",
-      "relay_port_max = 30000",
-      'allow_peers = ["127.0.0.0/8"]',
-      "[signal]",
-      'listen = "127.0.0.1:0"',
-      "resume_grace = 30",
-      "",
-    ].join("\n"),
-  );
+  writeFileSync(config, [...lines, ""].join("\n"));
   return new Promise((resolveReady, reject) => {
-    const child = spawn(bin, ["serve", "--config", config, "--state-dir", dir], {
+    const child = spawn(bin, ["serve", "--config", config, "--state-dir", dir, ...args], {
       env: { ...process.env, CALLBOX_LOG: "info", JOURNAL_STREAM: "" },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -63,6 +62,33 @@ function startCallbox() {
     child.stderr.on("data", onData);
     child.on("exit", (code) => reject(new Error(`callbox exited ${code}:\n${log}`)));
   });
+}
+
+/** A redis-server on a free loopback port, without persistence. */
+async function startRedis() {
+  assert.ok(existsSync("/usr/bin/redis-server"), "redis-server is needed: apt-get install redis-server");
+  const port = await new Promise((ok) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => ok(p));
+    });
+  });
+  const child = spawn("/usr/bin/redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  await waitFor(
+    () =>
+      new Promise((ok) => {
+        const c = net.connect(port, "127.0.0.1", () => {
+          c.destroy();
+          ok(true);
+        });
+        c.on("error", () => ok(false));
+      }),
+    "redis-server listening",
+    10000,
+  );
+  return { child, url: `redis://127.0.0.1:${port}` };
 }
 
 /** A TCP proxy in front of the signal listener, whose connections the test can cut. */
@@ -286,4 +312,30 @@ test("a refused join says why", async () => {
   assert.equal(await a.page.isVisible("#call"), false);
   await shot(a.page, "8-refused");
   await a.context.close();
+});
+
+test("two pages on two signaling instances sharing rooms through Redis: media flows both ways", async () => {
+  const redis = await startRedis();
+  const instance = (ip) =>
+    startCallbox(["[signal]", `listen = "${ip}:0"`, `redis_url = "${redis.url}"`], ["--roles", "signal"]);
+  const one = await instance("127.0.0.2");
+  const two = await instance("127.0.0.3");
+  try {
+    await waitFor(async () => (await fetch(`http://${two.signal}/readyz`)).status === 200, "the second instance ready");
+    const a = await openPage(one.signal, "room=browser-cluster&autojoin=1", "a");
+    const b = await openPage(two.signal, "room=browser-cluster&autojoin=1", "b");
+    const ra = await mediaFlows(a.page);
+    const rb = await mediaFlows(b.page);
+    assert.ok(ra && rb, "inbound RTP bytes grow on both pages");
+    await shot(b.page, "9-two-instances");
+    await b.page.click("#leave");
+    await a.page.waitForFunction(() => document.querySelectorAll("#videos .tile").length === 1);
+    assert.deepEqual([...a.problems, ...b.problems], []);
+    await a.context.close();
+    await b.context.close();
+  } finally {
+    one.child.kill("SIGTERM");
+    two.child.kill("SIGTERM");
+    redis.child.kill("SIGKILL");
+  }
 });

@@ -24,10 +24,16 @@ mod baseline;
 
 struct Args {
     addr: SocketAddr,
+    /// Where the second peer of each pair connects (another instance sharing the rooms);
+    /// default: `addr`.
+    addr2: Option<SocketAddr>,
     conns: usize,
     seconds: u64,
     candidates: usize,
-    pid: Option<u32>,
+    /// The server processes measured (memory and CPU summed): `--pid` once per process.
+    pids: Vec<u32>,
+    /// A process whose CPU is reported apart (the rooms' Redis).
+    redis_pid: Option<u32>,
     concurrency: usize,
     /// Target messages per second over all pairs (0: closed loop, as fast as it goes).
     rate: f64,
@@ -36,10 +42,12 @@ struct Args {
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut a = Args {
         addr: "127.0.0.1:8080".parse()?,
+        addr2: None,
         conns: 1000,
         seconds: 10,
         candidates: 20,
-        pid: None,
+        pids: Vec::new(),
+        redis_pid: None,
         concurrency: 200,
         rate: 0.0,
     };
@@ -50,14 +58,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
             "--conns" => a.conns = v()?.parse()?,
             "--seconds" => a.seconds = v()?.parse()?,
             "--candidates" => a.candidates = v()?.parse()?,
-            "--pid" => a.pid = Some(v()?.parse()?),
+            "--addr2" => a.addr2 = Some(v()?.parse()?),
+            "--pid" => a.pids.push(v()?.parse()?),
+            "--redis-pid" => a.redis_pid = Some(v()?.parse()?),
             "--concurrency" => a.concurrency = v()?.parse()?,
             "--rate" => a.rate = v()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
-    if !a.addr.ip().is_loopback() {
-        bail!("--addr must be a loopback address");
+    if !a.addr.ip().is_loopback() || a.addr2.is_some_and(|x| !x.ip().is_loopback()) {
+        bail!("--addr and --addr2 must be loopback addresses");
     }
     if !a.conns.is_multiple_of(2) || a.conns == 0 {
         bail!("--conns must be even and positive");
@@ -232,18 +242,21 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn run(a: Args) -> anyhow::Result<()> {
     raise_nofile();
     let pairs = a.conns / 2;
-    let rss_before = a.pid.map(rss_kib).unwrap_or(0);
+    let servers_rss = |pids: &[u32]| pids.iter().map(|p| rss_kib(*p)).sum::<u64>();
+    let servers_cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    let rss_before = servers_rss(&a.pids);
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency));
     let mut joins = Vec::with_capacity(pairs);
     for p in 0..pairs {
         let sem = Arc::clone(&sem);
         let addr = a.addr;
+        let addr2 = a.addr2.unwrap_or(addr);
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let room = format!("bench-{p}");
             let (wa, va) = connect(addr, &room).await?;
-            let (mut wb, vb) = connect(addr, &room).await?;
+            let (mut wb, vb) = connect(addr2, &room).await?;
             // b's welcome lists a; a gets peer-joined.
             let _ = &mut wb;
             anyhow::Ok(((wa, va), (wb, vb)))
@@ -255,7 +268,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     let connect_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_idle = a.pid.map(rss_kib).unwrap_or(0);
+    let rss_idle = servers_rss(&a.pids);
     println!(
         "connected {} peers in {connect_secs:.1} s; server RSS {rss_before} KiB before, {rss_idle} KiB idle: {:.1} KiB per connection",
         a.conns,
@@ -267,8 +280,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
         received: AtomicU64::new(0),
         samples: std::sync::Mutex::new(Vec::new()),
     });
-    let cpu_server0 = a.pid.map(cpu_secs).unwrap_or(0.0);
-    let cpu_self0 = cpu_secs(std::process::id());
     // One round is an offer, an answer and `candidates` each way.
     let per_round = (2 + 2 * a.candidates) as f64;
     let round_every = (a.rate > 0.0).then(|| Duration::from_secs_f64(pairs as f64 * per_round / a.rate));
@@ -298,12 +309,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let r0 = shared.received.load(Ordering::Relaxed);
     shared.samples.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let m0 = Instant::now();
-    let c_server = a.pid.map(cpu_secs).unwrap_or(0.0);
+    let c_server = servers_cpu(&a.pids);
+    let c_redis = a.redis_pid.map(cpu_secs).unwrap_or(0.0);
     let c_self = cpu_secs(std::process::id());
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let elapsed = m0.elapsed().as_secs_f64();
     let r1 = shared.received.load(Ordering::Relaxed);
-    let server_cpu = a.pid.map(cpu_secs).unwrap_or(0.0) - c_server;
+    let server_cpu = servers_cpu(&a.pids) - c_server;
+    let redis_cpu = a.redis_pid.map(cpu_secs).unwrap_or(0.0) - c_redis;
     let self_cpu = cpu_secs(std::process::id()) - c_self;
     shared.running.store(false, Ordering::Relaxed);
     let mut samples = std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|e| e.into_inner()));
@@ -321,7 +334,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         self_cpu / elapsed,
     );
     println!(
-        "RESULT offered={} conns={} rss_per_conn_kib={:.2} msgs_per_s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} server_cores={:.2} us_per_msg={:.2} generator_cores={:.2}",
+        "RESULT offered={} conns={} rss_per_conn_kib={:.2} msgs_per_s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} server_cores={:.2} us_per_msg={:.2} generator_cores={:.2} redis_cores={:.2} redis_us_per_msg={:.2}",
         if a.rate > 0.0 {
             format!("{:.0}", a.rate)
         } else {
@@ -335,9 +348,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         percentile(&samples, 0.999),
         server_cpu / elapsed,
         server_cpu / (r1 - r0).max(1) as f64 * 1e6,
-        self_cpu / elapsed
+        self_cpu / elapsed,
+        redis_cpu / elapsed,
+        redis_cpu / (r1 - r0).max(1) as f64 * 1e6,
     );
-    let _ = (cpu_server0, cpu_self0);
     for t in tasks {
         t.abort();
     }

@@ -16,6 +16,10 @@ use crate::protocol::CloseCode;
 const BATCH: usize = 512;
 /// How long one XREAD waits for an entry.
 const BLOCK_MS: u64 = 1000;
+/// Read entries are trimmed at most this often (or after `TRIM_AFTER` entries): one
+/// command per message would cost as much as the message.
+const TRIM_EVERY: Duration = Duration::from_millis(250);
+const TRIM_AFTER: usize = 4096;
 
 pub(super) fn spawn(rooms: Arc<SharedRooms>) {
     tokio::spawn(async move {
@@ -34,6 +38,8 @@ async fn read_forever(rooms: Arc<SharedRooms>) {
     let stream = rooms.key(&format!("x:{}", rooms.instance));
     let mut last_id = "0-0".to_string();
     let mut backoff = Duration::from_millis(100);
+    let mut untrimmed = 0usize;
+    let mut trimmed_at = tokio::time::Instant::now();
     loop {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(rooms.settings.timeout))
@@ -84,7 +90,10 @@ async fn read_forever(rooms: Arc<SharedRooms>) {
                     n += 1;
                 }
             }
-            if n > 0 {
+            untrimmed += n;
+            if untrimmed > 0 && (untrimmed >= TRIM_AFTER || trimmed_at.elapsed() >= TRIM_EVERY) {
+                untrimmed = 0;
+                trimmed_at = tokio::time::Instant::now();
                 // What was read is done: the stream keeps only what is not.
                 let trimmed: Result<Rv, _> = redis::cmd("XTRIM")
                     .arg(&stream)

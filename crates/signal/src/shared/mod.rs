@@ -144,7 +144,10 @@ impl SharedRooms {
         sessions: Option<mpsc::Sender<SessionRecord>>,
         ready: Arc<AtomicBool>,
     ) -> Result<Arc<Self>, redis::RedisError> {
-        let client = redis::Client::open(settings.redis_url.as_str())?;
+        // No Nagle: every script is a small write whose answer a connection waits for.
+        let info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

@@ -9,8 +9,8 @@ local others = redis.call('HGETALL', mkey(room))
 local body = '{"type":"peer-joined","peer_id":"' .. peer .. '","meta":' .. meta .. '}'
 for i = 1, #others, 2 do deliver(room, others[i], body) end
 redis.call('HSET', mkey(room), peer, meta)
-redis.call('HSET', pkey(room, peer), 'ep', 1, 'seq', 0, 'fk', 1, 'lb', 0, 'tok', ARGV[9],
-  'addr', ARGV[11], 'jn', math.floor(NOW / 1000), 'mi', 0, 'mo', 0)
+redis.call('HSET', pkey(room, peer), 'ep', 1, 'seq', 0, 'lb', 0, 'tok', ARGV[9],
+  'addr', ARGV[11], 'jn', math.floor(NOW / 1000), 'mi', 0)
 redis.call('SET', P .. 't:' .. ARGV[9], member(room, peer))
 attach(room, peer, inst)
 end_overflowed(room)

@@ -8,10 +8,12 @@
 --   P m:ROOM        hash peer -> meta JSON: the room's members, connected or in grace
 --   P v:ROOM        zset reservation -> expiry ms: upgrades in progress hold a slot
 --   P p:ROOM:PEER   hash: inst (instance serving it, '' in grace), ep (epoch, +1 per
---                   resume: fences the old connection), seq, fk (first seq kept), lb (log
---                   bytes), tok, gr (grace deadline ms, 0 when connected), ov (log
---                   overflowed in grace), addr, jn (joined unix s), mi, mo (message counts)
---   P l:ROOM:PEER   list: the resume log, texts that start with {"seq":N,
+--                   resume: fences the old connection), seq (also the count of messages
+--                   sent to it), lb (log bytes), tok, gr (grace deadline ms, 0 when
+--                   connected), ov (log overflowed in grace), addr, jn (joined unix s), mi
+--                   (messages from it)
+--   P l:ROOM:PEER   list: the resume log, texts that start with {"seq":N,; its seqs are
+--                   consecutive, so the first one kept is seq - length + 1
 --   P t:TOKEN       string ROOM\nPEER: a live resume token
 --   P g:TOKEN       string ROOM, expires with the grace: a token whose grace ended early
 --   P x:INST        stream: an instance's inbox (r room, p peer, e epoch, t text | c close)
@@ -51,7 +53,6 @@ end
 local function deliver(room, peer, body)
   local pk = pkey(room, peer)
   local seq = redis.call('HINCRBY', pk, 'seq', 1)
-  redis.call('HINCRBY', pk, 'mo', 1)
   local text = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
   local lk = lkey(room, peer)
   local n = redis.call('RPUSH', lk, text)
@@ -62,7 +63,6 @@ local function deliver(room, peer, body)
     if not old then break end
     n = n - 1
     bytes = redis.call('HINCRBY', pk, 'lb', -#old)
-    redis.call('HSET', pk, 'fk', tonumber(string.match(old, '^{"seq":(%d+)')) + 1)
     if f[1] == '' then
       redis.call('HSET', pk, 'ov', 1)
       OVERFLOWED = true
@@ -75,7 +75,7 @@ end
 -- when given, its token dies, the others get peer-left. False if there was no such peer.
 local function evict(room, peer, reason, close)
   local pk = pkey(room, peer)
-  local f = redis.call('HMGET', pk, 'inst', 'ep', 'tok', 'addr', 'jn', 'mi', 'mo')
+  local f = redis.call('HMGET', pk, 'inst', 'ep', 'tok', 'addr', 'jn', 'mi', 'seq')
   if not f[2] then return false end
   if f[1] ~= '' then
     if close then push(f[1], room, peer, f[2], 'c', close) end
@@ -115,12 +115,13 @@ local function check_resume(room, token, last_seq)
   end
   local troom, peer = split(v)
   if troom ~= room then return 'expired' end
-  local f = redis.call('HMGET', pkey(room, peer), 'gr', 'seq', 'fk')
+  local f = redis.call('HMGET', pkey(room, peer), 'gr', 'seq')
   if not f[2] then return 'expired' end
   local gr = tonumber(f[1])
   if gr > 0 and gr <= NOW then return 'expired' end
-  if last_seq > tonumber(f[2]) then return 'bad' end
-  if last_seq + 1 < tonumber(f[3]) then return 'gap' end
+  local seq = tonumber(f[2])
+  if last_seq > seq then return 'bad' end
+  if last_seq + 1 < seq - redis.call('LLEN', lkey(room, peer)) + 1 then return 'gap' end
   return 'ok', peer
 end
 

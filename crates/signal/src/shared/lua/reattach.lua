@@ -21,8 +21,8 @@ for i = 9, #ARGV, 8 do
   local f = redis.call('HMGET', pk, 'ep', 'inst')
   if not f[1] and restore then
     redis.call('HSET', mkey(room), peer, ARGV[i + 5])
-    redis.call('HSET', pk, 'ep', epoch, 'seq', after, 'fk', after + 1, 'lb', 0, 'tok', ARGV[i + 4],
-      'addr', ARGV[i + 6], 'jn', ARGV[i + 7], 'mi', 0, 'mo', 0, 'inst', inst)
+    redis.call('HSET', pk, 'ep', epoch, 'seq', after, 'lb', 0, 'tok', ARGV[i + 4],
+      'addr', ARGV[i + 6], 'jn', ARGV[i + 7], 'mi', 0, 'inst', inst)
     redis.call('SET', P .. 't:' .. ARGV[i + 4], member(room, peer))
     f = {epoch, inst}
   end
