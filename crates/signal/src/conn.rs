@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -169,12 +170,14 @@ fn ended_by(code: CloseCode) -> Ended {
 }
 
 /// Runs the connection until it ends, then tells the hub how.
-pub async fn drive<S, R, E>(mut sink: S, mut stream: R, ctx: ConnContext)
+pub async fn drive<S, R, E>(mut sink: S, stream: R, ctx: ConnContext)
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
+    // Peekable: the shared rooms take the frames already waiting along with one.
+    let mut stream = stream.peekable();
     let mut last_rx = Instant::now();
     // Whether the hub has been told how the connection ended.
     let mut reported = false;
@@ -243,7 +246,21 @@ where
                         let verdict = match &ctx.shared {
                             // Boxed: the shared path's future lives only while a message
                             // is handled, not inside every idle connection's future.
-                            Some(s) => Box::pin(s.message(&ctx.room, &ctx.peer_id, ctx.conn, ctx.epoch, ctx.addr, text.as_str(), &*ice)).await,
+                            Some(s) => {
+                                // Frames already read and waiting go into the same script
+                                // (up to 64): one round trip to Redis for a burst of
+                                // candidates, still in order.
+                                let mut batch = vec![text];
+                                while batch.len() < 64 {
+                                    let more = std::pin::Pin::new(&mut stream)
+                                        .next_if(|f| matches!(f, Ok(Message::Text(t)) if t.len() <= ctx.max_message))
+                                        .now_or_never();
+                                    let Some(Some(Ok(Message::Text(t)))) = more else { break };
+                                    last_rx = Instant::now();
+                                    batch.push(t);
+                                }
+                                Box::pin(s.messages(&ctx.room, &ctx.peer_id, ctx.conn, ctx.epoch, ctx.addr, &batch, &*ice)).await
+                            }
                             None => hub.message(&ctx.room, &ctx.peer_id, ctx.conn, text.as_str(), Instant::now(), &*ice),
                         };
                         match verdict {

@@ -483,151 +483,141 @@ impl SharedRooms {
         self.metrics.peers.store(peers as i64, Ordering::Relaxed);
     }
 
-    /// One text frame from a connection; the caller awaits it before reading the next.
-    #[allow(clippy::too_many_arguments)] // the connection's identity, the frame and its ICE source
-    pub async fn message(
+    /// Text frames a connection had ready, in the order sent, in one script; the caller
+    /// awaits it before reading on. A frame past the connection's own rate window is not
+    /// sent on (its one error per window is); the verdict is the first close any asked.
+    #[allow(clippy::too_many_arguments)] // the connection's identity, the frames and its ICE source
+    pub async fn messages<T: std::ops::Deref<Target = str>>(
         &self,
         room: &str,
         peer_id: &str,
         conn: u64,
         epoch: u64,
         addr: IpAddr,
-        text: &str,
+        texts: &[T],
         ice: &(dyn Fn() -> (Value, u64) + Send + Sync),
     ) -> Verdict {
         let started = Instant::now();
-        let parsed = parse_client_message(text);
-        if let Err((streak, warned)) = self.local.hit(
-            room,
-            peer_id,
-            conn,
-            Instant::now(),
-            self.cfg.window,
-            self.cfg.rate_per_connection,
-        ) {
-            return self.limited(room, peer_id, epoch, streak, warned).await;
-        }
-        let (op, to, body, kind) = match parsed {
-            Err(msg) => {
+        let mut ops: Vec<Op> = Vec::with_capacity(texts.len());
+        let mut close = None;
+        for text in texts {
+            let parsed = parse_client_message(text);
+            if let Err((streak, warned)) = self.local.hit(
+                room,
+                peer_id,
+                conn,
+                Instant::now(),
+                self.cfg.window,
+                self.cfg.rate_per_connection,
+            ) {
+                self.metrics.reject("rate-limited");
+                if streak >= 3 {
+                    close = Some(CloseCode::RateLimited);
+                    break;
+                }
+                if !warned {
+                    ops.push(Op::push(rate_limited_body()));
+                }
+                continue;
+            }
+            let op = Op::of(parsed, peer_id, ice);
+            if op.kind == Some("bad-message") {
                 self.metrics.reject("bad-message");
-                ("self", String::new(), error_body("bad-message", &msg), None)
             }
-            Ok(ClientMessage::Ping) => (
-                "self",
-                String::new(),
-                r#"{"type":"pong"}"#.to_string(),
-                Some("ping"),
-            ),
-            Ok(ClientMessage::IceServers) => {
-                let (list, ttl) = ice();
-                let body = json!({"type": "ice-servers", "ice_servers": list, "ice_ttl": ttl}).to_string();
-                ("self", String::new(), body, Some("ice-servers"))
+            let leave = op.op == "leave";
+            ops.push(op);
+            if leave {
+                break;
             }
-            Ok(ClientMessage::Leave) => ("leave", String::new(), String::new(), Some("leave")),
-            Ok(ClientMessage::Relay { kind, to, mut object }) => {
-                object.insert("from".into(), Value::String(peer_id.to_string()));
-                let body = Value::Object(object).to_string();
-                match to {
-                    Some(to) => ("to", to, body, Some(kind)),
-                    None => ("all", String::new(), body, Some(kind)),
-                }
-            }
-        };
-        let unknown = error_body("unknown-peer", "`to` names no other peer in this room");
-        let addr_key = callbox_core::limit_key(addr, self.cfg.ipv6_prefix).to_string();
-        let res = self
-            .run(
-                &scripts::MESSAGE,
-                &[
-                    &room,
-                    &peer_id,
-                    &epoch,
-                    &self.instance,
-                    &op,
-                    &to,
-                    &body,
-                    &unknown,
-                    &addr_key,
-                    &(self.cfg.window.as_millis() as u64),
-                    &self.cfg.rate_per_address,
-                    &self.cfg.rate_per_room,
-                ],
-            )
-            .await;
-        let Ok(v) = res else {
-            // Nothing can be relayed without Redis: the message is dropped and counted.
-            self.metrics.reject("unavailable");
-            return Verdict::Continue;
-        };
-        let mut f = items(v);
-        let evicted = f.pop().unwrap_or(Rv::Nil);
-        self.record(evicted);
-        match f.first().map(bytes).as_deref() {
-            Some("limited") => {
-                let (streak, warned) = self.local.warn(room, peer_id, conn);
-                self.limited(room, peer_id, epoch, streak, warned).await
-            }
-            Some("unknown-peer") => {
-                self.metrics.reject("unknown-peer");
-                Verdict::Continue
-            }
-            Some("ok") => {
-                if let Some(kind) = kind {
-                    self.metrics.message(kind);
-                }
-                if op == "leave" {
-                    return Verdict::Close(CloseCode::Left);
-                }
-                if op != "self" {
-                    self.metrics.observe_relay(started.elapsed());
-                }
-                Verdict::Continue
-            }
-            // Stale: this connection was replaced (its close is on its way).
-            _ => Verdict::Continue,
         }
+        if ops.is_empty() {
+            return close.map_or(Verdict::Continue, Verdict::Close);
+        }
+        let Ok(statuses) = self.run_ops(room, peer_id, epoch, addr, &ops).await else {
+            // Nothing can be relayed without Redis: the messages are dropped and counted.
+            for _ in &ops {
+                self.metrics.reject("unavailable");
+            }
+            return close.map_or(Verdict::Continue, Verdict::Close);
+        };
+        let mut limited = false;
+        for (op, status) in ops.iter().zip(&statuses) {
+            match status.as_str() {
+                "limited" => limited = true,
+                "unknown-peer" => self.metrics.reject("unknown-peer"),
+                "ok" => {
+                    if let Some(kind) = op.kind.filter(|k| *k != "bad-message") {
+                        self.metrics.message(kind);
+                    }
+                    if op.op == "leave" {
+                        return Verdict::Close(CloseCode::Left);
+                    }
+                    if op.op == "to" || op.op == "all" {
+                        self.metrics.observe_relay(started.elapsed());
+                    }
+                }
+                // Stale: this connection was replaced (its close is on its way).
+                _ => {}
+            }
+        }
+        if limited {
+            self.metrics.reject("rate-limited");
+            let (streak, warned) = self.local.warn(room, peer_id, conn);
+            if streak >= 3 {
+                return Verdict::Close(CloseCode::RateLimited);
+            }
+            if !warned {
+                let _ = self
+                    .run_ops(room, peer_id, epoch, addr, &[Op::push(rate_limited_body())])
+                    .await;
+            }
+        }
+        close.map_or(Verdict::Continue, Verdict::Close)
     }
 
-    /// Past a rate limit: 4029 after three windows over, else one error per window.
-    async fn limited(&self, room: &str, peer_id: &str, epoch: u64, streak: u32, warned: bool) -> Verdict {
-        self.metrics.reject("rate-limited");
-        if streak >= 3 {
-            return Verdict::Close(CloseCode::RateLimited);
+    /// Runs `ops` of one connection in one script; a status per op handled.
+    async fn run_ops(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: u64,
+        addr: IpAddr,
+        ops: &[Op],
+    ) -> Result<Vec<String>, SharedError> {
+        let unknown = error_body("unknown-peer", "`to` names no other peer in this room");
+        let addr_key = callbox_core::limit_key(addr, self.cfg.ipv6_prefix).to_string();
+        let window = self.cfg.window.as_millis() as u64;
+        let mut args: Vec<&(dyn std::fmt::Display + Sync)> = vec![
+            &room,
+            &peer_id,
+            &epoch,
+            &self.instance,
+            &unknown,
+            &addr_key,
+            &window,
+            &self.cfg.rate_per_address,
+            &self.cfg.rate_per_room,
+        ];
+        for op in ops {
+            args.extend([&op.op as &(dyn std::fmt::Display + Sync), &op.to, &op.body]);
         }
-        if !warned {
-            let body = error_body("rate-limited", "too many messages; this one was dropped");
-            self.push(room, peer_id, epoch, &body).await;
-        }
-        Verdict::Continue
+        let mut f = items(self.run(&scripts::MESSAGE, &args).await?);
+        self.record(f.pop().unwrap_or(Rv::Nil));
+        Ok(items(f.pop().unwrap_or(Rv::Nil)).iter().map(bytes).collect())
     }
 
     /// A message from the server to one peer, outside the rate windows.
-    async fn push(&self, room: &str, peer_id: &str, epoch: u64, body: &str) {
+    async fn push(&self, room: &str, peer_id: &str, epoch: u64, body: String) {
+        let unspecified = IpAddr::from([0, 0, 0, 0]);
         let _ = self
-            .run(
-                &scripts::MESSAGE,
-                &[
-                    &room,
-                    &peer_id,
-                    &epoch,
-                    &self.instance,
-                    &"push",
-                    &"",
-                    &body,
-                    &"",
-                    &"",
-                    &1u64,
-                    &0u64,
-                    &0u64,
-                ],
-            )
+            .run_ops(room, peer_id, epoch, unspecified, &[Op::push(body)])
             .await;
     }
 
     /// Fresh ICE servers for a peer (the periodic push).
     pub async fn push_ice(&self, room: &str, peer_id: &str, epoch: u64, ice: &Value, ttl: u64) {
         let body = json!({"type": "ice-servers", "ice_servers": ice, "ice_ttl": ttl}).to_string();
-        self.push(room, peer_id, epoch, &body).await;
+        self.push(room, peer_id, epoch, body).await;
     }
 
     /// A connection ended; it is forgotten here at once, and Redis hears how (later, if it
@@ -731,6 +721,75 @@ impl SharedRooms {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+}
+
+/// One client message as the message script takes it.
+struct Op {
+    /// self, push, to, all or leave (see `lua/message.lua`).
+    op: &'static str,
+    to: String,
+    body: String,
+    /// The message-type label counted when it went through (`bad-message`: rejected).
+    kind: Option<&'static str>,
+}
+
+impl Op {
+    fn push(body: String) -> Op {
+        Op {
+            op: "push",
+            to: String::new(),
+            body,
+            kind: None,
+        }
+    }
+
+    /// The op for a parsed (or unparsable) client message from `peer_id`.
+    fn of(
+        parsed: Result<ClientMessage, String>,
+        peer_id: &str,
+        ice: &(dyn Fn() -> (Value, u64) + Send + Sync),
+    ) -> Op {
+        let to_self = |body: String, kind| Op {
+            op: "self",
+            to: String::new(),
+            body,
+            kind: Some(kind),
+        };
+        match parsed {
+            Err(msg) => to_self(error_body("bad-message", &msg), "bad-message"),
+            Ok(ClientMessage::Ping) => to_self(r#"{"type":"pong"}"#.to_string(), "ping"),
+            Ok(ClientMessage::IceServers) => {
+                let (list, ttl) = ice();
+                let body = json!({"type": "ice-servers", "ice_servers": list, "ice_ttl": ttl}).to_string();
+                to_self(body, "ice-servers")
+            }
+            Ok(ClientMessage::Leave) => Op {
+                op: "leave",
+                to: String::new(),
+                body: String::new(),
+                kind: Some("leave"),
+            },
+            Ok(ClientMessage::Relay { kind, to, mut object }) => {
+                object.insert("from".into(), Value::String(peer_id.to_string()));
+                let body = Value::Object(object).to_string();
+                let (op, to) = match to {
+                    Some(to) => ("to", to),
+                    None => ("all", String::new()),
+                };
+                Op {
+                    op,
+                    to,
+                    body,
+                    kind: Some(kind),
+                }
+            }
+        }
+    }
+}
+
+/// The one error per window a rate-limited connection gets.
+fn rate_limited_body() -> String {
+    error_body("rate-limited", "too many messages; this one was dropped")
 }
 
 /// A script's status word as the refusal a single instance would give.
