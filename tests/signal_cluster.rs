@@ -19,17 +19,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_callbox");
 
 /// A signal-only instance on 127.0.0.`n`, sharing rooms through `redis`.
 fn instance(redis: &Redis, n: u8, capacity: usize) -> CallboxProcess {
-    instance_with(redis, n, capacity, "")
+    instance_with(redis, n, capacity, 1_000_000, "")
 }
 
-/// [`instance`] with more configuration (other sections) after `[signal]`.
-fn instance_with(redis: &Redis, n: u8, capacity: usize, more: &str) -> CallboxProcess {
+/// [`instance`] with a per-room message rate and more configuration (other sections)
+/// after `[signal]`.
+fn instance_with(redis: &Redis, n: u8, capacity: usize, rate_per_room: u32, more: &str) -> CallboxProcess {
     let p = CallboxProcess::start_with(
         BIN,
         &format!(
             "[signal]\nlisten = \"127.0.0.{n}:0\"\nredis_url = \"{}\"\nredis_timeout_ms = 300\n\
              redis_lease_ms = 1000\nresume_grace = 2\nroom_capacity = {capacity}\n\
-             rate_per_connection = 1000000\nrate_per_address = 1000000\nrate_per_room = 1000000\n\
+             rate_per_connection = 1000000\nrate_per_address = 1000000\nrate_per_room = {rate_per_room}\n\
              max_connections_per_address = 500\nsend_buffer_bytes = 16777216\n{more}",
             redis.url()
         ),
@@ -364,8 +365,8 @@ async fn welcome_credentials_from_either_instance_relay_through_a_turn_node_else
         &["--roles", "turn"],
         &[],
     );
-    let a = instance_with(&redis, 2, 8, &cluster(&redis, "signal-a"));
-    let b = instance_with(&redis, 3, 8, &cluster(&redis, "signal-b"));
+    let a = instance_with(&redis, 2, 8, 1_000_000, &cluster(&redis, "signal-a"));
+    let b = instance_with(&redis, 3, 8, 1_000_000, &cluster(&redis, "signal-b"));
     let turn_url = format!("turn:127.0.0.4:{}?transport=udp", turn.udp_v4().port());
 
     // New ICE lists carry the TURN node once it registered, and its secret is the admin's.
@@ -450,4 +451,50 @@ async fn welcome_credentials_from_either_instance_relay_through_a_turn_node_else
     .unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Total lost packets 0 "), "{out}");
+}
+
+/// The per-room window is one window however many instances the room's peers use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_rate_window_is_shared_by_its_instances() {
+    let redis = Redis::start();
+    let a = instance_with(&redis, 2, 8, 20, "");
+    let b = instance_with(&redis, 3, 8, 20, "");
+    let mut pa = join(&a, "rl").await;
+    let mut pb = join(&b, "rl").await;
+    assert_eq!(next(&mut pa).await["type"], "peer-joined");
+    // Start early in a 10-second window (Redis's clock is this machine's), so the 30
+    // messages below fall into one.
+    loop {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        if ms % 10_000 < 5_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 15 each way: 30 in the room's window, 20 allowed wherever they were sent from.
+    for i in 0..15 {
+        pa.send(json!({"type": "message", "data": i, "to": pb.peer_id()}))
+            .await;
+        pb.send(json!({"type": "message", "data": i, "to": pa.peer_id()}))
+            .await;
+    }
+    let mut relayed = 0;
+    let mut limited = 0;
+    for c in [&mut pa, &mut pb] {
+        while let Some(m) = c.recv_within(Duration::from_millis(700)).await {
+            match (m["type"].as_str(), m["code"].as_str()) {
+                (Some("message"), _) => relayed += 1,
+                (Some("error"), Some("rate-limited")) => limited += 1,
+                other => panic!("{other:?}: {m}"),
+            }
+        }
+    }
+    assert_eq!(relayed, 20, "the room's 20 across both instances");
+    assert!(
+        (1..=2).contains(&limited),
+        "one error per connection and window: {limited}"
+    );
 }

@@ -84,6 +84,17 @@ impl ConnOutbox {
     }
 }
 
+#[cfg(test)]
+impl ConnOutbox {
+    pub(crate) fn pop_for_tests(&self) -> Option<Arc<str>> {
+        self.pop()
+    }
+
+    pub(crate) fn close_requested_for_tests(&self) -> bool {
+        self.close_requested.load(Ordering::Acquire)
+    }
+}
+
 impl Outbox for ConnOutbox {
     fn send(&self, text: Arc<str>) -> bool {
         let n = text.len();

@@ -320,3 +320,26 @@ fn cluster_keys_are_checked_with_their_names() {
         assert!(keys.contains(&key), "{key} in {keys:?}");
     }
 }
+
+#[test]
+fn shared_rooms_keys_are_checked_with_their_names() {
+    let ok = "[signal]\nredis_url = \"redis://:pw@10.0.0.5:6379\"\nredis_lease_ms = 3000\n";
+    let c = Config::load(Some(&file(ok)), &[]).unwrap();
+    assert_eq!(c.signal.redis_lease_ms, 3000);
+    assert!(
+        !c.to_redacted_toml().contains(":pw@"),
+        "the URL (and its password) is redacted"
+    );
+    let bad = "[signal]\nredis_url = \"http://x\"\nredis_key_prefix = \"a b\"\nredis_timeout_ms = 1000\n\
+               redis_lease_ms = 1500\nredis_inbox_max = 0\n";
+    let errs = Config::load(Some(&file(bad)), &[]).unwrap_err();
+    let keys: Vec<&str> = errs.iter().filter_map(|e| e.key.as_deref()).collect();
+    for key in [
+        "signal.redis_url",
+        "signal.redis_key_prefix",
+        "signal.redis_lease_ms",
+        "signal.redis_inbox_max",
+    ] {
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+}

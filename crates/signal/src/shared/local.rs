@@ -343,3 +343,89 @@ impl Local {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The local registry's ordering rules, without Redis.
+
+    use super::*;
+    use crate::conn::ConnOutbox;
+    use crate::metrics::SignalMetrics;
+
+    fn text(seq: u64, what: &str) -> Arc<str> {
+        Arc::from(format!(
+            "{{\"seq\":{seq},\"type\":\"message\",\"data\":\"{what}\"}}"
+        ))
+    }
+
+    fn drained(o: &ConnOutbox) -> Vec<String> {
+        std::iter::from_fn(|| o.pop_for_tests())
+            .map(|t| t.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn texts_that_arrive_while_attaching_follow_the_backlog_once_in_seq_order() {
+        let local = Local::default();
+        let outbox = ConnOutbox::new(1 << 20, Arc::new(SignalMetrics::default()));
+        local.register(
+            "r",
+            "p-1",
+            7,
+            outbox.clone(),
+            "127.0.0.1".parse().unwrap(),
+            Value::Null,
+        );
+        // The inbox brings texts for the new epoch (and a stale one) before the resume's
+        // answer: kept, not sent.
+        local.deliver("r", "p-1", 3, text(5, "e"));
+        local.deliver("r", "p-1", 2, text(4, "old epoch"));
+        local.deliver("r", "p-1", 3, text(4, "d"));
+        assert!(drained(&outbox).is_empty());
+        // The backlog reaches to seq 4: the welcome, then 3 and 4, then 5 only once.
+        assert!(local.attach(
+            "r",
+            "p-1",
+            7,
+            3,
+            "tok",
+            Arc::from("welcome"),
+            vec![text(3, "c"), text(4, "d")]
+        ));
+        let got = drained(&outbox);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], "welcome");
+        assert!(
+            got[1].contains("\"c\"") && got[2].contains("\"d\"") && got[3].contains("\"e\""),
+            "{got:?}"
+        );
+        // A text again (a reattach's backlog overlapping the inbox) is not sent twice.
+        local.deliver("r", "p-1", 3, text(5, "e"));
+        local.deliver("r", "p-1", 3, text(6, "f"));
+        assert_eq!(drained(&outbox).len(), 1);
+        assert_eq!(seq_of(&text(6, "f")), 6);
+        assert_eq!(local.counts(), (1, 1));
+        assert!(local.remove("r", "p-1", 7));
+        assert_eq!(local.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_close_reaches_only_the_connection_of_its_epoch() {
+        let local = Local::default();
+        let metrics = Arc::new(SignalMetrics::default());
+        let old = ConnOutbox::new(1 << 20, Arc::clone(&metrics));
+        let new = ConnOutbox::new(1 << 20, Arc::clone(&metrics));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        local.register("r", "p-1", 1, old.clone(), ip, Value::Null);
+        local.attach("r", "p-1", 1, 1, "a", Arc::from("welcome"), vec![]);
+        local.register("r", "p-1", 2, new.clone(), ip, Value::Null);
+        local.attach("r", "p-1", 2, 2, "b", Arc::from("welcome"), vec![]);
+        local.close("r", "p-1", 1, CloseCode::Replaced, "replaced");
+        assert!(old.close_requested_for_tests());
+        assert!(!new.close_requested_for_tests());
+        // Texts for epoch 1 no longer reach anyone; epoch 2 gets its own.
+        local.deliver("r", "p-1", 1, text(1, "x"));
+        local.deliver("r", "p-1", 2, text(1, "y"));
+        assert_eq!(drained(&new).len(), 2, "welcome and y");
+    }
+}
