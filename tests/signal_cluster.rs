@@ -498,3 +498,40 @@ async fn a_rooms_rate_window_is_shared_by_its_instances() {
         "one error per connection and window: {limited}"
     );
 }
+
+/// A log that overflows while its peer is away ends the grace at once, across instances:
+/// the others hear `peer-left` `timeout`, and the token answers `resume-gap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowed_log_ends_the_grace_and_the_resume_is_a_gap() {
+    let redis = Redis::start();
+    let a = instance_with(&redis, 2, 8, 1_000_000, "resume_log_messages = 8\n");
+    let b = instance_with(&redis, 3, 8, 1_000_000, "resume_log_messages = 8\n");
+    let mut pa = join(&a, "gap").await;
+    let pb = join(&b, "gap").await;
+    assert_eq!(next(&mut pa).await["type"], "peer-joined");
+    let pb_id = pb.peer_id();
+    let query = resume_query("gap", &pb);
+    pb.drop_abruptly();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nine messages for a log of eight: the first one no longer fits.
+    for i in 0..9 {
+        pa.send(json!({"type": "message", "data": i, "to": pb_id})).await;
+    }
+    let left = next(&mut pa).await;
+    assert_eq!(
+        (
+            left["type"].as_str(),
+            left["peer_id"].as_str(),
+            left["reason"].as_str()
+        ),
+        (Some("peer-left"), Some(pb_id.as_str()), Some("timeout")),
+        "{left}"
+    );
+    let refused = WsClient::connect(addr(&a), &query, &[]).await.unwrap_err();
+    assert_eq!(
+        (refused.status, refused.code()),
+        (410, "resume-gap"),
+        "{:?}",
+        refused.body
+    );
+}
