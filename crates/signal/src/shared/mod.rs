@@ -5,11 +5,11 @@
 //! presence, relay, the shared rate windows, fencing and ghost cleanup (see
 //! `lua/prelude.lua` for the keys). A script never sends anything itself: it appends each
 //! text to the receiver's log and to the inbox stream of the instance that serves the
-//! receiver; each instance reads its inbox in order ([`inbox`]) and hands texts to its
-//! connections ([`local`]). Order holds because a connection's messages run one after the
+//! receiver; each instance reads its inbox in order (`inbox.rs`) and hands texts to its
+//! connections (`local.rs`). Order holds because a connection's messages run one after the
 //! other (each awaited), a script runs whole, and a stream is read in order.
 //!
-//! An instance holds a lease in Redis ([`lease`]); when it lapses (kill -9, a cut network),
+//! An instance holds a lease in Redis (`lease.rs`); when it lapses (kill -9, a cut network),
 //! any instance's sweep puts its peers into their resume grace, and their `peer-left`
 //! `timeout` follows when it ends. A resume bumps the peer's epoch: texts and closes for
 //! the old connection, and messages from it, are ignored from then on.
