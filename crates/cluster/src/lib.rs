@@ -82,7 +82,10 @@ impl Cluster {
     /// A link that connects on first use and reconnects by itself: a node starts (and
     /// serves) while Redis is away. Only a malformed URL is an error here.
     pub fn new(settings: ClusterSettings, metrics: Arc<ClusterMetrics>) -> Result<Cluster> {
-        let client = redis::Client::open(settings.redis_url.as_str())?;
+        // No Nagle: requests are small writes whose answers a caller waits for.
+        let info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

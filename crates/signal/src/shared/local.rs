@@ -158,6 +158,18 @@ impl Local {
         true
     }
 
+    /// A resumed peer's meta (its join's, kept in Redis), for admin's listing.
+    pub(super) fn set_meta(&self, room: &str, peer: &str, conn: u64, meta: Value) {
+        if let Some(c) = self
+            .lock()
+            .peers
+            .get_mut(&key(room, peer))
+            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
+        {
+            c.meta = meta;
+        }
+    }
+
     /// Forgets a connection (ended, or its join failed); true if it had attached.
     pub(super) fn remove(&self, room: &str, peer: &str, conn: u64) -> bool {
         let mut t = self.lock();

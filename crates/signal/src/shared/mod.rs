@@ -447,6 +447,10 @@ impl SharedRooms {
             .map(|t| Arc::from(bytes(t)))
             .collect();
         let peers = members(f.next().unwrap_or(Rv::Nil));
+        let meta: Value = f
+            .next()
+            .and_then(|m| serde_json::from_str(&bytes(&m)).ok())
+            .unwrap_or_else(|| json!({}));
         let welcome = json!({
             "type": "welcome",
             "peer_id": pid,
@@ -467,6 +471,7 @@ impl SharedRooms {
             Arc::from(welcome.to_string()),
             backlog,
         );
+        self.local.set_meta(room, &pid, conn, meta);
         self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
         self.refresh_gauges();
         Ok(Joined {

@@ -1,6 +1,6 @@
 -- A peer comes back through this instance: the old connection (wherever it is) is told to
--- close with 4000 and fenced by the new epoch; returns the epoch, the log after last_seq,
--- the last seq and the other peers.
+-- close with 4000 and fenced by the new epoch; returns the peer, the epoch, the log after
+-- last_seq, the other peers and its own meta.
 -- ARGV[6] room, [7] token, [8] last_seq, [9] instance, [10] new token, [11] address.
 local room, token, last_seq, inst = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local status, peer = check_resume(room, token, last_seq)
@@ -24,4 +24,4 @@ for i = 1, #others, 2 do
     table.insert(rest, others[i + 1])
   end
 end
-return {'ok', peer, epoch, backlog(room, peer, last_seq), rest, redis.call('HGET', pk, 'seq')}
+return {'ok', peer, epoch, backlog(room, peer, last_seq), rest, redis.call('HGET', mkey(room), peer)}
