@@ -182,7 +182,8 @@ pub(crate) async fn run_connection<S, R, E>(
             if app.is_banned(ip) {
                 match &app.shared {
                     Some(s) => {
-                        s.kick_peer(&room, &j.peer_id).await;
+                        // Boxed: inline, its future would size every connection's task.
+                        Box::pin(s.kick_peer(&room, &j.peer_id)).await;
                     }
                     None => {
                         app.hub.kick_peer(&room, &j.peer_id);
