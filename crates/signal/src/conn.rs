@@ -337,7 +337,7 @@ where
         }
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
-    tracing::debug!(room = %ctx.room, peer = %ctx.peer_id, ?ended, "signaling connection ended");
+    tracing::info!(room = %ctx.room, peer = %ctx.peer_id, ?ended, "peer disconnected");
     // `leave` already removed the peer (reported as Replaced so nothing happens twice).
     if !reported {
         report(&ctx, ended).await;

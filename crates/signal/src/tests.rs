@@ -194,7 +194,17 @@ async fn a_ban_racing_an_upgrade_still_closes_the_connection() {
     app.set_bans(vec![Cidr::new(ip, 32).unwrap()]);
     let (_to_server, stream) = fmpsc::unbounded::<Result<axum::extract::ws::Message, String>>();
     let (sink, mut from_server) = fmpsc::unbounded::<axum::extract::ws::Message>();
-    run_connection(Arc::clone(&app), admission, None, ip, sink, stream).await;
+    run_connection(
+        Arc::clone(&app),
+        Box::new(crate::upgrade::Setup {
+            admission,
+            reservation: None,
+        }),
+        ip,
+        sink,
+        stream,
+    )
+    .await;
     let mut frames = Vec::new();
     while let Some(m) = from_server.next().await {
         frames.push(m);

@@ -92,6 +92,10 @@ pub(crate) async fn signal_ws(
     let fail_room = admission.room.clone();
     let reserved = admission.resume.is_none();
     let fail_reservation = reservation.clone();
+    let setup = Box::new(Setup {
+        admission,
+        reservation,
+    });
     // Small buffers: an idle connection should cost a few KiB, not tungstenite's default
     // 128 KiB read buffer (it grows for large messages, up to the message limit).
     ws.protocols([SUBPROTOCOL])
@@ -115,18 +119,68 @@ pub(crate) async fn signal_ws(
         })
         // The connection's future itself, not an async block around it: a block would keep
         // its captures (the socket, the admission) beside the future for the whole
-        // connection, half a kilobyte on every idle one.
+        // connection, half a kilobyte on every idle one. The captures themselves are small
+        // (the setup is boxed): axum keeps this closure's slot for the connection's life.
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            run_connection(app, admission, reservation, ip, sink, stream)
+            run_connection(app, setup, ip, sink, stream)
         })
+}
+
+/// Joins or resumes the room for a new connection: its `welcome` (and backlog) queued on
+/// `outbox`.
+#[allow(clippy::too_many_arguments)] // the admission taken apart, and the connection's outbox
+async fn enter(
+    app: &AppState,
+    room: &str,
+    user: Option<&str>,
+    meta: serde_json::Value,
+    resume: Option<(String, u64)>,
+    reservation: Option<String>,
+    ip: IpAddr,
+    outbox: &Arc<ConnOutbox>,
+) -> Result<crate::hub::Joined, SharedError> {
+    let ttl = app.ice.default_ttl;
+    match resume {
+        Some((token, last_seq)) => {
+            // The user id of a resumed peer's credentials: the token's, or its peer id.
+            let list = app.ice.build(user.unwrap_or("anon"), ttl);
+            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
+            match &app.shared {
+                Some(s) => s.resume(room, &token, last_seq, ip, outbox.clone(), ice).await,
+                None => app
+                    .hub
+                    .resume(room, &token, last_seq, ip, outbox.clone(), ice, Instant::now())
+                    .map_err(SharedError::Join),
+            }
+        }
+        None => {
+            let user = user.map_or_else(|| format!("anon-{:08x}", rand::random::<u32>()), str::to_string);
+            let list = app.ice.build(&user, ttl);
+            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
+            match &app.shared {
+                Some(s) => {
+                    let id = reservation.unwrap_or_default();
+                    s.join(room, meta, ip, outbox.clone(), ice, &id).await
+                }
+                None => Ok(app.hub.join(room, meta, ip, outbox.clone(), ice)),
+            }
+        }
+    }
+}
+
+/// What an admitted upgrade carries into its connection's task, in one box: a task's
+/// future keeps a slot for each of its arguments for its whole life (moved out or not), so
+/// every idle connection would otherwise carry the admission's bytes.
+pub(crate) struct Setup {
+    pub(crate) admission: Admission,
+    pub(crate) reservation: Option<String>,
 }
 
 /// Joins (or resumes) and drives one connection to its end.
 pub(crate) async fn run_connection<S, R, E>(
     app: Arc<AppState>,
-    admission: Admission,
-    reservation: Option<String>,
+    setup: Box<Setup>,
     ip: IpAddr,
     sink: S,
     stream: R,
@@ -136,83 +190,9 @@ pub(crate) async fn run_connection<S, R, E>(
     E: std::fmt::Display,
 {
     app.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let outbox = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
-    let ttl = app.ice.default_ttl;
-    // Taken apart here so that nothing of the admission stays in this future's state
-    // while the connection runs (every idle connection carries that state).
-    let Admission {
-        room,
-        identity,
-        resume,
-    } = admission;
-    let joined = match resume {
-        Some((token, last_seq)) => {
-            // The user id of a resumed peer's credentials: the token's, or its peer id.
-            let list = app.ice.build(identity.user.as_deref().unwrap_or("anon"), ttl);
-            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
-            match &app.shared {
-                Some(s) => Box::pin(s.resume(&room, &token, last_seq, ip, outbox.clone(), ice)).await,
-                None => app
-                    .hub
-                    .resume(&room, &token, last_seq, ip, outbox.clone(), ice, Instant::now())
-                    .map_err(SharedError::Join),
-            }
-        }
-        None => {
-            let user = identity
-                .user
-                .clone()
-                .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
-            let list = app.ice.build(&user, ttl);
-            let ice = (&serde_json::to_value(&list.ice_servers).expect("serializes"), ttl);
-            match &app.shared {
-                Some(s) => {
-                    let id = reservation.unwrap_or_default();
-                    Box::pin(s.join(&room, identity.meta, ip, outbox.clone(), ice, &id)).await
-                }
-                None => Ok(app.hub.join(&room, identity.meta, ip, outbox.clone(), ice)),
-            }
-        }
-    };
-    match joined {
-        Ok(j) => {
-            tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
-            // A ban stored after this request's admission check but before its join: the
-            // ban's sweep may have missed the peer, but this load sees the new list.
-            if app.is_banned(ip) {
-                match &app.shared {
-                    Some(s) => {
-                        // Boxed: inline, its future would size every connection's task.
-                        Box::pin(s.kick_peer(&room, &j.peer_id)).await;
-                    }
-                    None => {
-                        app.hub.kick_peer(&room, &j.peer_id);
-                    }
-                }
-            }
-            let ice_app = Arc::clone(&app);
-            let user = identity.user.unwrap_or_else(|| j.peer_id.clone());
-            let ice = Arc::new(move || {
-                let list = ice_app.ice.build(&user, ttl);
-                (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
-            });
-            let ctx = ConnContext {
-                hub: Arc::clone(&app.hub),
-                shared: app.shared.clone(),
-                epoch: j.epoch,
-                room: room.clone(),
-                peer_id: j.peer_id.clone(),
-                conn: j.conn,
-                addr: ip,
-                outbox,
-                heartbeat: Duration::from_millis(app.cfg.heartbeat_ms),
-                max_message: app.cfg.max_message_bytes,
-                ice,
-                ice_ttl: ttl,
-            };
-            conn::drive(sink, stream, ctx).await;
-            tracing::info!(room = %room, peer = %j.peer_id, "peer disconnected");
-        }
+    // Boxed: the join's (or resume's) state is gone before the connection runs.
+    match Box::pin(prepare(&app, setup, ip)).await {
+        Ok(ctx) => conn::drive(sink, stream, ctx).await,
         Err(e) => {
             // The resume became invalid between the check and the upgrade (or the shared
             // rooms' Redis stopped answering).
@@ -233,4 +213,62 @@ pub(crate) async fn run_connection<S, R, E>(
     }
     app.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     app.hub.disconnect_address(ip);
+}
+
+/// Joins or resumes, then builds what the connection runs with.
+async fn prepare(app: &Arc<AppState>, setup: Box<Setup>, ip: IpAddr) -> Result<ConnContext, SharedError> {
+    let outbox = ConnOutbox::new(app.cfg.send_buffer_bytes, Arc::clone(&app.metrics));
+    let ttl = app.ice.default_ttl;
+    let Setup {
+        admission: Admission {
+            room,
+            identity,
+            resume,
+        },
+        reservation,
+    } = *setup;
+    let j = enter(
+        app,
+        &room,
+        identity.user.as_deref(),
+        identity.meta,
+        resume,
+        reservation,
+        ip,
+        &outbox,
+    )
+    .await?;
+    tracing::info!(room = %room, peer = %j.peer_id, resumed = j.resumed, "peer connected");
+    // A ban stored after this request's admission check but before its join: the ban's
+    // sweep may have missed the peer, but this load sees the new list.
+    if app.is_banned(ip) {
+        match &app.shared {
+            Some(s) => {
+                s.kick_peer(&room, &j.peer_id).await;
+            }
+            None => {
+                app.hub.kick_peer(&room, &j.peer_id);
+            }
+        }
+    }
+    let ice_app = Arc::clone(app);
+    let user = identity.user.unwrap_or_else(|| j.peer_id.clone());
+    let ice = Arc::new(move || {
+        let list = ice_app.ice.build(&user, ttl);
+        (serde_json::to_value(&list.ice_servers).expect("serializes"), ttl)
+    });
+    Ok(ConnContext {
+        hub: Arc::clone(&app.hub),
+        shared: app.shared.clone(),
+        epoch: j.epoch,
+        room,
+        peer_id: j.peer_id,
+        conn: j.conn,
+        addr: ip,
+        outbox,
+        heartbeat: Duration::from_millis(app.cfg.heartbeat_ms),
+        max_message: app.cfg.max_message_bytes,
+        ice,
+        ice_ttl: ttl,
+    })
 }
