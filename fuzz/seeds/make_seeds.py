@@ -222,3 +222,14 @@ put("tls_input", "http", b"GET / HTTP/1.1\r\nhost: callbox.test\r\n\r\n")
 pem_cert = b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"
 pem_key = b"-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n"
 put("tls_input", "pem", bytes([len(pem_cert)]) + pem_cert + pem_key)
+
+# signal_inbox: an instance's inbox entries in Redis, fields and values separated by NUL.
+def inbox(*fields):
+    return b"\0".join(f.encode() for f in fields)
+
+
+put("signal_inbox", "text", inbox("r", "room-1", "p", "p-0123456789abcdef", "e", "1", "t",
+                                  '{"seq":1,"type":"peer-joined","peer_id":"p-1","meta":{}}'))
+put("signal_inbox", "close", inbox("r", "room-1", "p", "p-0123456789abcdef", "e", "2", "c",
+                                   "4000 replaced by a resumed connection"))
+put("signal_inbox", "ping", inbox("k", "1796700000000"))

@@ -116,34 +116,194 @@ pub(super) fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-/// One entry: `r room p peer e epoch` then `t text`, `c "CODE reason"`, or `k` (this
-/// instance's own readiness ping, with the time it was sent).
+/// One inbox entry, as the scripts write it (`push` in `lua/prelude.lua`) and the lease
+/// loop its ping. Parsed from untrusted-shaped bytes: whatever Redis holds, parsing gives
+/// an entry or `None`, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxEntry {
+    /// A text for the peer's connection of `epoch`.
+    Text {
+        room: String,
+        peer: String,
+        epoch: u64,
+        text: String,
+    },
+    /// A close for the peer's connection of `epoch`.
+    Close {
+        room: String,
+        peer: String,
+        epoch: u64,
+        code: CloseCode,
+        reason: String,
+    },
+    /// This instance's own readiness ping, with the time it was sent.
+    Ping(u64),
+}
+
+impl InboxEntry {
+    /// From the entry's field/value pairs: `r room p peer e epoch` then `t text` or
+    /// `c "CODE reason"`, or `k` alone. `None` for anything else (ignored).
+    pub fn parse<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Option<InboxEntry> {
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let (mut room, mut peer, mut epoch) = (None, None, None);
+        for (name, value) in fields {
+            match name {
+                b"r" => room = Some(text(value)),
+                b"p" => peer = Some(text(value)),
+                b"e" => epoch = std::str::from_utf8(value).ok()?.parse::<u64>().ok(),
+                b"k" => {
+                    return std::str::from_utf8(value)
+                        .ok()?
+                        .parse()
+                        .ok()
+                        .map(InboxEntry::Ping);
+                }
+                b"t" => {
+                    return Some(InboxEntry::Text {
+                        room: room?,
+                        peer: peer?,
+                        epoch: epoch?,
+                        text: std::str::from_utf8(value).ok()?.to_string(),
+                    });
+                }
+                b"c" => {
+                    let close = text(value);
+                    let (code, reason) = close.split_once(' ').unwrap_or((&close, ""));
+                    let code = match code {
+                        "4000" => CloseCode::Replaced,
+                        "4009" => CloseCode::RoomClosed,
+                        "4003" => CloseCode::Kicked,
+                        _ => return None,
+                    };
+                    return Some(InboxEntry::Close {
+                        room: room?,
+                        peer: peer?,
+                        epoch: epoch?,
+                        code,
+                        reason: reason.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Hands one entry (its field/value pairs) to the local connections.
 fn handle(rooms: &SharedRooms, fields: Vec<Rv>) {
-    let mut room = String::new();
-    let mut peer = String::new();
-    let mut epoch = 0u64;
-    for pair in fields.chunks(2) {
-        let [name, value] = pair else { continue };
-        match bytes(name).as_str() {
-            "r" => room = bytes(value),
-            "p" => peer = bytes(value),
-            "e" => epoch = bytes(value).parse().unwrap_or(0),
-            "t" => rooms.local.deliver(&room, &peer, epoch, Arc::from(bytes(value))),
-            "c" => {
-                let text = bytes(value);
-                let (code, reason) = text.split_once(' ').unwrap_or((&text, ""));
-                let code = match code {
-                    "4000" => CloseCode::Replaced,
-                    "4009" => CloseCode::RoomClosed,
-                    _ => CloseCode::Kicked,
-                };
-                rooms.local.close(&room, &peer, epoch, code, reason);
-            }
-            "k" => {
-                let sent: u64 = bytes(value).parse().unwrap_or(0);
-                rooms.inbox_seen_ms.fetch_max(sent, Ordering::Relaxed);
-            }
-            _ => {}
+    let raw = |v: &Rv| match v {
+        Rv::BulkString(b) => b.clone(),
+        other => bytes(other).into_bytes(),
+    };
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = fields
+        .chunks(2)
+        .filter_map(|p| match p {
+            [n, v] => Some((raw(n), raw(v))),
+            _ => None,
+        })
+        .collect();
+    match InboxEntry::parse(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))) {
+        Some(InboxEntry::Text {
+            room,
+            peer,
+            epoch,
+            text,
+        }) => rooms.local.deliver(&room, &peer, epoch, Arc::from(text)),
+        Some(InboxEntry::Close {
+            room,
+            peer,
+            epoch,
+            code,
+            reason,
+        }) => rooms.local.close(&room, &peer, epoch, code, &reason),
+        Some(InboxEntry::Ping(sent)) => {
+            rooms.inbox_seen_ms.fetch_max(sent, Ordering::Relaxed);
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::seq_of;
+
+    fn parse(pairs: &[(&str, &str)]) -> Option<InboxEntry> {
+        InboxEntry::parse(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    #[test]
+    fn entries_as_the_scripts_write_them() {
+        assert_eq!(
+            parse(&[
+                ("r", "a:b"),
+                ("p", "p-1"),
+                ("e", "3"),
+                ("t", "{\"seq\":9,\"type\":\"pong\"}")
+            ]),
+            Some(InboxEntry::Text {
+                room: "a:b".into(),
+                peer: "p-1".into(),
+                epoch: 3,
+                text: "{\"seq\":9,\"type\":\"pong\"}".into()
+            })
+        );
+        assert_eq!(
+            parse(&[
+                ("r", "a"),
+                ("p", "p-1"),
+                ("e", "1"),
+                ("c", "4000 replaced by a resumed connection")
+            ]),
+            Some(InboxEntry::Close {
+                room: "a".into(),
+                peer: "p-1".into(),
+                epoch: 1,
+                code: CloseCode::Replaced,
+                reason: "replaced by a resumed connection".into()
+            })
+        );
+        assert_eq!(parse(&[("k", "1234")]), Some(InboxEntry::Ping(1234)));
+        assert_eq!(seq_of("{\"seq\":9,\"type\":\"pong\"}"), 9);
+    }
+
+    #[test]
+    fn malformed_entries_are_ignored() {
+        for bad in [
+            &[][..],
+            &[("t", "x")][..],
+            &[("r", "a"), ("p", "p"), ("t", "no epoch")][..],
+            &[("r", "a"), ("p", "p"), ("e", "-1"), ("t", "x")][..],
+            &[
+                ("r", "a"),
+                ("p", "p"),
+                ("e", "99999999999999999999999"),
+                ("t", "x"),
+            ][..],
+            &[("r", "a"), ("p", "p"), ("e", "1"), ("c", "1000 not ours")][..],
+            &[("r", "a"), ("p", "p"), ("e", "1"), ("c", "")][..],
+            &[("k", "soon")][..],
+            &[("z", "unknown")][..],
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        let not_utf8 = InboxEntry::parse([
+            (&b"r"[..], &b"a"[..]),
+            (b"p", b"p"),
+            (b"e", b"1"),
+            (b"t", b"\xff\xfe"),
+        ]);
+        assert_eq!(not_utf8, None);
+        for text in [
+            "",
+            "{",
+            "{\"seq\":",
+            "{\"seq\":-1,",
+            "{\"seq\":99999999999999999999999,",
+            "seq",
+        ] {
+            assert_eq!(seq_of(text), 0, "{text}");
         }
     }
 }

@@ -69,8 +69,8 @@ pub(super) fn key(room: &str, peer: &str) -> String {
     format!("{room}\n{peer}")
 }
 
-/// The seq a text starts with (`{"seq":N,`).
-pub(super) fn seq_of(text: &str) -> u64 {
+/// The seq a text from the inbox starts with (`{"seq":N,`); 0 when it has none.
+pub fn seq_of(text: &str) -> u64 {
     text.strip_prefix("{\"seq\":")
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())

@@ -34,6 +34,9 @@ use crate::metrics::SignalMetrics;
 use crate::protocol::{ClientMessage, CloseCode, LeaveReason, error_body, parse_client_message};
 use local::Local;
 
+pub use inbox::InboxEntry;
+pub use local::seq_of;
+
 /// How to reach the shared rooms (from `[signal]`).
 #[derive(Debug, Clone)]
 pub struct SharedSettings {
