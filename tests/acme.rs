@@ -30,12 +30,18 @@ fn pebble_tool(name: &str) -> PathBuf {
     p
 }
 
+/// A port free now for pebble and its DNS server, which bind it later: outside the kernel's
+/// ephemeral range (where callbox's own `:0` listeners land, and once took pebble's port
+/// between this check and pebble's start) and below the relay range of the tests.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 12_000 + rand::random::<u16>() % 8_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 fn wait_listening(addr: SocketAddr, what: &str) {
