@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::error::RefusalCode;
 use crate::metrics::SignalMetrics;
-use crate::protocol::{ClientMessage, CloseCode, LeaveReason, error_body, parse_client_message};
+use crate::protocol::{ClientMessage, CloseCode, LeaveReason, Welcome, error_body, parse_client_message};
 use crate::rate::{AddrRate, Window};
 use addresses::AddrEntry;
 
@@ -366,18 +366,16 @@ impl Hub {
             .iter()
             .map(|p| json!({"peer_id": p.id, "meta": p.meta}))
             .collect();
-        let welcome = json!({
-            "type": "welcome",
-            "peer_id": peer_id,
-            "room": room,
-            "peers": peers,
-            "ice_servers": ice,
-            "ice_ttl": ice_ttl,
-            "resume_token": token,
-            "heartbeat_ms": self.cfg.heartbeat_ms,
-            "resumed": false,
-        });
-        outbox.send(Arc::from(welcome.to_string()));
+        let welcome = Welcome {
+            peer_id: &peer_id,
+            room,
+            peers,
+            ice: (ice, ice_ttl),
+            resume_token: &token,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            resumed: false,
+        };
+        outbox.send(welcome.text());
         let joined_body = json!({"type": "peer-joined", "peer_id": peer_id, "meta": meta}).to_string();
         for p in r.peers.iter_mut() {
             Self::deliver(&self.cfg, p, &joined_body);
@@ -450,18 +448,16 @@ impl Hub {
         if let Some(old) = peer.outbox.take() {
             old.close(CloseCode::Replaced, "replaced by a resumed connection");
         }
-        let welcome = json!({
-            "type": "welcome",
-            "peer_id": pid,
-            "room": room,
-            "peers": others,
-            "ice_servers": ice,
-            "ice_ttl": ice_ttl,
-            "resume_token": new_token,
-            "heartbeat_ms": self.cfg.heartbeat_ms,
-            "resumed": true,
-        });
-        outbox.send(Arc::from(welcome.to_string()));
+        let welcome = Welcome {
+            peer_id: &pid,
+            room,
+            peers: others,
+            ice: (ice, ice_ttl),
+            resume_token: &new_token,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            resumed: true,
+        };
+        outbox.send(welcome.text());
         for e in peer.log.iter().filter(|e| e.seq > last_seq) {
             outbox.send(Arc::clone(&e.text));
         }

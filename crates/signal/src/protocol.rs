@@ -81,6 +81,37 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
 }
 
 /// The body of an `error` message with a stable `code`.
+/// The `welcome` a joined or resumed connection gets first (PROTOCOL.md section 2).
+pub(crate) struct Welcome<'a> {
+    pub(crate) peer_id: &'a str,
+    pub(crate) room: &'a str,
+    /// `{"peer_id", "meta"}` of the other peers.
+    pub(crate) peers: Vec<Value>,
+    pub(crate) ice: (&'a Value, u64),
+    pub(crate) resume_token: &'a str,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) resumed: bool,
+}
+
+impl Welcome<'_> {
+    pub(crate) fn text(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::from(
+            json!({
+                "type": "welcome",
+                "peer_id": self.peer_id,
+                "room": self.room,
+                "peers": self.peers,
+                "ice_servers": self.ice.0,
+                "ice_ttl": self.ice.1,
+                "resume_token": self.resume_token,
+                "heartbeat_ms": self.heartbeat_ms,
+                "resumed": self.resumed,
+            })
+            .to_string(),
+        )
+    }
+}
+
 pub(crate) fn error_body(code: &str, message: &str) -> String {
     json!({"type": "error", "code": code, "message": message}).to_string()
 }

@@ -58,6 +58,17 @@ struct Table {
     peers: HashMap<String, Vec<LocalConn>>,
     /// Room -> attached connections here (the gauges and admin's listing).
     rooms: HashMap<String, usize>,
+    /// Attached connections here: the sum of `rooms`, kept so the gauges need no walk.
+    attached: usize,
+}
+
+impl Table {
+    /// The registered connection `conn` of the peer.
+    fn conn_mut(&mut self, room: &str, peer: &str, conn: u64) -> Option<&mut LocalConn> {
+        self.peers
+            .get_mut(&key(room, peer))
+            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
+    }
 }
 
 #[derive(Default)]
@@ -128,11 +139,7 @@ impl Local {
         backlog: Vec<Arc<str>>,
     ) -> bool {
         let mut t = self.lock();
-        let Some(c) = t
-            .peers
-            .get_mut(&key(room, peer))
-            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
-        else {
+        let Some(c) = t.conn_mut(room, peer, conn) else {
             return false;
         };
         c.epoch = epoch;
@@ -155,17 +162,13 @@ impl Local {
                 .close(CloseCode::Draining, "reconnect with your resume token");
         }
         *t.rooms.entry(room.to_string()).or_default() += 1;
+        t.attached += 1;
         true
     }
 
     /// A resumed peer's meta (its join's, kept in Redis), for admin's listing.
     pub(super) fn set_meta(&self, room: &str, peer: &str, conn: u64, meta: Value) {
-        if let Some(c) = self
-            .lock()
-            .peers
-            .get_mut(&key(room, peer))
-            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
-        {
+        if let Some(c) = self.lock().conn_mut(room, peer, conn) {
             c.meta = meta;
         }
     }
@@ -187,6 +190,7 @@ impl Local {
         if c.epoch == 0 {
             return false;
         }
+        t.attached -= 1;
         if let Some(n) = t.rooms.get_mut(room) {
             *n -= 1;
             if *n == 0 {
@@ -249,11 +253,7 @@ impl Local {
         limit: u32,
     ) -> Result<(), (u32, bool)> {
         let mut t = self.lock();
-        let Some(c) = t
-            .peers
-            .get_mut(&key(room, peer))
-            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
-        else {
+        let Some(c) = t.conn_mut(room, peer, conn) else {
             return Ok(());
         };
         c.messages_in += 1;
@@ -266,13 +266,9 @@ impl Local {
 
     /// Marks a connection warned for this window; whether it was already.
     pub(super) fn warn(&self, room: &str, peer: &str, conn: u64) -> (u32, bool) {
-        let mut t = self.lock();
-        t.peers
-            .get_mut(&key(room, peer))
-            .and_then(|v| v.iter_mut().find(|c| c.conn == conn))
-            .map_or((0, true), |c| {
-                (c.rate.streak, std::mem::replace(&mut c.rate.warned, true))
-            })
+        self.lock().conn_mut(room, peer, conn).map_or((0, true), |c| {
+            (c.rate.streak, std::mem::replace(&mut c.rate.warned, true))
+        })
     }
 
     /// Every attached connection.
@@ -317,7 +313,7 @@ impl Local {
     /// Rooms with a peer attached here, and those peers.
     pub(super) fn counts(&self) -> (usize, usize) {
         let t = self.lock();
-        (t.rooms.len(), t.rooms.values().sum())
+        (t.rooms.len(), t.attached)
     }
 
     /// The rooms served here, with the peers attached here.

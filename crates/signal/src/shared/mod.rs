@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::hub::{Ended, HubConfig, JoinError, Joined, Outbox, RoomInfo, SessionRecord, Verdict};
 use crate::metrics::SignalMetrics;
-use crate::protocol::{ClientMessage, CloseCode, LeaveReason, error_body, parse_client_message};
+use crate::protocol::{ClientMessage, CloseCode, LeaveReason, Welcome, error_body, parse_client_message};
 use local::Local;
 
 pub use inbox::InboxEntry;
@@ -342,26 +342,17 @@ impl SharedRooms {
         }
         self.record(f.pop().unwrap_or(Rv::Nil));
         let peers = members(f.pop().unwrap_or(Rv::Nil));
-        let welcome = json!({
-            "type": "welcome",
-            "peer_id": peer_id,
-            "room": room,
-            "peers": peers,
-            "ice_servers": ice,
-            "ice_ttl": ice_ttl,
-            "resume_token": token,
-            "heartbeat_ms": self.cfg.heartbeat_ms,
-            "resumed": false,
-        });
-        self.local.attach(
+        let welcome = Welcome {
+            peer_id: &peer_id,
             room,
-            &peer_id,
-            conn,
-            1,
-            &token,
-            Arc::from(welcome.to_string()),
-            Vec::new(),
-        );
+            peers,
+            ice: (ice, ice_ttl),
+            resume_token: &token,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            resumed: false,
+        };
+        self.local
+            .attach(room, &peer_id, conn, 1, &token, welcome.text(), Vec::new());
         self.refresh_gauges();
         Ok(Joined {
             peer_id,
@@ -454,26 +445,17 @@ impl SharedRooms {
             .next()
             .and_then(|m| serde_json::from_str(&bytes(&m)).ok())
             .unwrap_or_else(|| json!({}));
-        let welcome = json!({
-            "type": "welcome",
-            "peer_id": pid,
-            "room": room,
-            "peers": peers,
-            "ice_servers": ice,
-            "ice_ttl": ice_ttl,
-            "resume_token": new_token,
-            "heartbeat_ms": self.cfg.heartbeat_ms,
-            "resumed": true,
-        });
-        self.local.attach(
+        let welcome = Welcome {
+            peer_id: &pid,
             room,
-            &pid,
-            conn,
-            epoch,
-            &new_token,
-            Arc::from(welcome.to_string()),
-            backlog,
-        );
+            peers,
+            ice: (ice, ice_ttl),
+            resume_token: &new_token,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            resumed: true,
+        };
+        self.local
+            .attach(room, &pid, conn, epoch, &new_token, welcome.text(), backlog);
         self.local.set_meta(room, &pid, conn, meta);
         self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
         self.refresh_gauges();
