@@ -355,11 +355,13 @@ fn cluster(redis: &Redis, id: &str) -> String {
 async fn welcome_credentials_from_either_instance_relay_through_a_turn_node_elsewhere() {
     let redis = Redis::start();
     let admin = CallboxProcess::start_with(BIN, &cluster(&redis, "admin-1"), &["--roles", "admin"], &[]);
+    // The relay range stays below the kernel's ephemeral ports, where turnutils_peer's
+    // port lands: a peer port inside the relay range on a local address is refused (403).
     let turn = CallboxProcess::start_with(
         BIN,
         &format!(
             "[turn]\nlisten = [\"127.0.0.4:0\"]\nhttp_listen = \"127.0.0.4:0\"\nrelay_ip = \"127.0.0.4\"\n\
-             relay_port_min = 30000\nrelay_port_max = 40000\nallow_peers = [\"127.0.0.1/32\"]\n{}",
+             relay_port_min = 24000\nrelay_port_max = 30000\nallow_peers = [\"127.0.0.1/32\"]\n{}",
             cluster(&redis, "turn-1")
         ),
         &["--roles", "turn"],
