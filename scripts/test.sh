@@ -25,6 +25,7 @@ need redis-server "apt-get install redis-server (tests/cluster.rs runs the clust
 need pebble "apt-get install pebble (tests/acme.rs orders certificates from it)"
 need pebble-challtestsrv "apt-get install pebble (tests/acme.rs resolves names through it)"
 need python3 "Python runs schemathesis (scripts/install-schemathesis.sh)"
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || { echo "error: libfaketime is missing: apt-get install libfaketime (cargo xtask torture clock steps the wall clock with it)" >&2; exit 1; }
 [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: apt-get install chromium" >&2; exit 1; }
 
 # Runs a command in a new network namespace with only `lo` up (root, or user namespaces).
@@ -53,6 +54,10 @@ scripts/package-test.sh
 
 echo "== the package installed and booted in a Debian 12 container (debootstrap, systemd-nspawn)"
 scripts/install-test.sh
+
+echo "== torture: floods and faults against the release binary, short variants (docs/security.md)"
+cargo build --release --quiet -p xtask
+isolated target/release/xtask torture --short --bin target/release/callbox
 
 echo "== admin API fuzzed against its OpenAPI document (schemathesis, loopback-only namespace)"
 isolated scripts/schemathesis.sh "${CALLBOX_SCHEMATHESIS_SECONDS:-90}"

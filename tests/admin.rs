@@ -859,12 +859,8 @@ fn acknowledged_changes_survive_kill_9() {
     assert_eq!(added, names.len(), "every stored change has its audit entry");
 }
 
-#[test]
-fn a_locked_database_costs_history_and_admin_writes_not_relaying() {
-    let cb = start("");
-    let udp = cb.udp_v4();
-    let db = cb.state_dir.path().join("callbox.db");
-    // Another process-like holder takes the write lock and keeps it.
+/// Holds `db`'s write lock until the returned sender is used (or 30 s pass).
+fn hold_lock(db: std::path::PathBuf) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
@@ -874,8 +870,28 @@ fn a_locked_database_costs_history_and_admin_writes_not_relaying() {
         drop(conn);
     });
     locked_rx.recv().unwrap();
+    (release_tx, holder)
+}
 
-    // The relay keeps allocating and closing (its history rows cannot be written).
+/// Allocations in the history whose username contains `user`.
+fn allocations_in_history(cb: &CallboxProcess, user: &str) -> usize {
+    let r = cb.admin("GET", "/admin/v1/history/allocations?limit=1000", None);
+    r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["username"].as_str().unwrap_or("").contains(user))
+        .count()
+}
+
+#[test]
+fn a_locked_database_delays_history_and_fails_admin_writes_but_not_relaying() {
+    let cb = start("");
+    let udp = cb.udp_v4();
+    // Another process-like holder takes the write lock and keeps it.
+    let (release, holder) = hold_lock(cb.state_dir.path().join("callbox.db"));
+
+    // The relay keeps allocating (the history rows wait for the store).
     let started = Instant::now();
     for i in 0..5 {
         assert_eq!(allocate_with(udp, &cb.secret(), &format!("locked{i}")), 0);
@@ -901,18 +917,53 @@ fn a_locked_database_costs_history_and_admin_writes_not_relaying() {
     assert!(eventually(Duration::from_secs(15), || {
         let m = http_request(admin, "GET", "/metrics", &[], b"").body;
         metric(&m, "callbox_store_errors_total").unwrap_or(0.0) >= 2.0
-            && metric(&m, "callbox_store_history_lost_total").unwrap_or(0.0) >= 5.0
     }));
-    assert!(cb.output().contains("history not written"));
-    release_tx.send(()).unwrap();
+    assert!(cb.output().contains("history not written; retrying"));
+    release.send(()).unwrap();
     holder.join().unwrap();
-    // Once the lock is gone, writes work again.
+    // Once the lock is gone, writes work again and the waiting history lands: none lost.
     let r = cb.admin(
         "POST",
         "/admin/v1/users",
         Some(&json!({"name": "late", "password": "pw"})),
     );
     assert_eq!(r.status, 201, "{}", r.body);
+    assert!(eventually(Duration::from_secs(5), || allocations_in_history(
+        &cb, "locked"
+    ) == 5));
+    let m = http_request(admin, "GET", "/metrics", &[], b"").body;
+    assert_eq!(metric(&m, "callbox_store_history_lost_total"), Some(0.0));
+}
+
+#[test]
+fn history_past_the_backlog_cap_loses_its_oldest_rows_counted() {
+    // Five allocations leave five rows; three are kept while the store is locked.
+    let cb = CallboxProcess::start(
+        BIN,
+        &format!("[general]\nhistory_backlog_rows = 3\n{}", config("")),
+    );
+    let udp = cb.udp_v4();
+    let (release, holder) = hold_lock(cb.state_dir.path().join("callbox.db"));
+    for i in 0..5 {
+        assert_eq!(allocate_with(udp, &cb.secret(), &format!("capped{i}")), 0);
+    }
+    let admin = cb.admin.unwrap();
+    let lost = || {
+        let m = http_request(admin, "GET", "/metrics", &[], b"").body;
+        metric(&m, "callbox_store_history_lost_total").unwrap_or(0.0)
+    };
+    assert!(eventually(Duration::from_secs(15), || lost() >= 2.0));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    // The three newest land; the two oldest were dropped and counted.
+    assert!(eventually(Duration::from_secs(5), || allocations_in_history(
+        &cb, "capped"
+    ) == 3));
+    assert_eq!(lost(), 2.0);
+    assert_eq!(
+        allocations_in_history(&cb, "capped0") + allocations_in_history(&cb, "capped1"),
+        0
+    );
 }
 
 /// A connection holding SQLite's write lock on `db` (an exclusive transaction).

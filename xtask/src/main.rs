@@ -5,11 +5,14 @@
 //! - `udp-forwarder --listen ADDR --peer ADDR [--workers N] [--mode per-client|shared]`: the
 //!   bare forwarder the benchmark starts as a separate process (so its CPU is measured
 //!   like a server's).
+//! - `torture [--short] [--bin PATH] [SCENARIO...]`: floods and faults against the release
+//!   binary, one line of figures per scenario; see docs/security.md.
 
 mod bench;
 mod forwarder;
 mod load;
 mod sys;
+mod torture;
 mod turnc;
 
 fn main() {
@@ -17,7 +20,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("bench-turn") => bench::main(&args[1..]),
         Some("udp-forwarder") => forwarder::main(&args[1..]),
-        _ => Err("usage: cargo xtask bench-turn [--quick] [--help] | udp-forwarder --listen ADDR --peer ADDR [--workers N] [--mode per-client|shared]".into()),
+        Some("torture") => torture::main(&args[1..]),
+        _ => Err("usage: cargo xtask bench-turn [--quick] [--help] | torture [--short] [--help] | udp-forwarder --listen ADDR --peer ADDR [--workers N] [--mode per-client|shared]".into()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e}");

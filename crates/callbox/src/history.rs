@@ -1,6 +1,11 @@
 //! History writers: allocation and session records from the roles, written to the store in
 //! batches off the roles' paths, and finished (their queues drained and flushed) when the
 //! process stops, so the rows of allocations the shutdown closed are kept.
+//!
+//! A write that fails (disk full, file system read-only, database locked by another
+//! process) keeps its rows and retries them with the next batch, every 500 ms: an outage of
+//! the store loses no history unless it outlasts `general.history_backlog_rows` rows, and
+//! then only the oldest, counted in `callbox_store_history_lost_total`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,8 @@ pub type SharedStore = Arc<std::sync::Mutex<callbox_store::Store>>;
 pub struct HistorySink {
     pub store: Option<SharedStore>,
     pub health: Arc<callbox_store::Health>,
+    /// Rows kept for a retry while the store refuses writes (`general.history_backlog_rows`).
+    pub backlog_rows: usize,
 }
 
 /// A running history writer. [`HistoryWriter::finish`] writes what is still queued and
@@ -61,12 +68,14 @@ async fn write_history<I, T: Send + 'static>(
 ) {
     let mut batch: Vec<T> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut retrying = false;
     loop {
         tokio::select! {
             got = rx.recv() => {
                 let Some(item) = got else { break };
                 batch.extend(map(item));
-                if batch.len() < 512 {
+                // While the store refuses writes, retries wait for the tick.
+                if batch.len() < 512 || retrying {
                     continue;
                 }
             }
@@ -79,41 +88,55 @@ async fn write_history<I, T: Send + 'static>(
                 break;
             }
         }
-        flush(&sink, &mut batch, write, what).await;
+        retrying = !flush(&sink, &mut batch, write, what).await;
     }
     flush(&sink, &mut batch, write, what).await;
 }
 
+/// Writes `batch` (the rows not yet written, oldest first). On failure the rows stay in
+/// `batch` for the next try; beyond the backlog cap the oldest are dropped and counted.
+/// False when the write failed.
 async fn flush<T: Send + 'static>(
     sink: &HistorySink,
     batch: &mut Vec<T>,
     write: fn(&mut callbox_store::Store, &[T]) -> callbox_store::Result<()>,
     what: &'static str,
-) {
+) -> bool {
     let Some(store) = &sink.store else {
         batch.clear();
-        return;
+        return true;
     };
     if batch.is_empty() {
-        return;
+        return true;
     }
     let rows = std::mem::take(batch);
     let store = Arc::clone(store);
     let n = rows.len();
     let written = tokio::task::spawn_blocking(move || {
-        write(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &rows)
+        let result = write(&mut store.lock().unwrap_or_else(|e| e.into_inner()), &rows);
+        (result, rows)
     })
     .await;
-    let failure = match written {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
+    let (failure, rows) = match written {
+        Ok((Ok(()), _)) => return true,
+        Ok((Err(e), rows)) => (e.to_string(), rows),
+        // The write panicked and took the rows with it.
+        Err(e) => (e.to_string(), Vec::new()),
     };
     sink.health.failed();
+    *batch = rows;
+    let lost = if batch.is_empty() {
+        n
+    } else {
+        let over = batch.len().saturating_sub(sink.backlog_rows);
+        batch.drain(..over);
+        over
+    };
     sink.health
         .history_lost
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(error = %failure, lost = n, "{what} history not written");
+        .fetch_add(lost as u64, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(error = %failure, kept = batch.len(), lost, "{what} history not written; retrying");
+    false
 }
 
 /// Logs an allocation event and turns it into a history row (refreshes have none).

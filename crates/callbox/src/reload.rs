@@ -48,7 +48,7 @@ pub struct Reloader {
     /// The access loop, which puts new secrets and static users in force.
     pub access: tokio::sync::mpsc::Sender<crate::access::FromConfig>,
     pub turn: Option<callbox_turn::TurnControl>,
-    /// The relay's own listener addresses (its peer policy refuses them).
+    /// Every listener address of this process (the relay's peer policy refuses them).
     pub turn_listeners: Vec<SocketAddr>,
 }
 

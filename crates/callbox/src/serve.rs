@@ -465,6 +465,7 @@ pub async fn serve(
     let history = HistorySink {
         store: store.clone(),
         health: Arc::clone(&health),
+        backlog_rows: usize::try_from(config.general.history_backlog_rows).unwrap_or(usize::MAX),
     };
 
     let tls = Tls::open(config, &loaded.state_dir, &registry)?;
@@ -509,6 +510,28 @@ pub async fn serve(
         true => Some(bind_tcp("admin.listen", config.admin.listen).await?),
         false => None,
     };
+    // Every listener of this process, bound (ports 0 resolved): the relay refuses them as
+    // peers on every port class, not only its own TURN listeners.
+    let local = |l: &tokio::net::TcpListener| l.local_addr().ok();
+    let service_addrs: Vec<SocketAddr> = turn
+        .iter()
+        .flat_map(|tb| {
+            tb.udp
+                .iter()
+                .chain(&tb.tls)
+                .copied()
+                .chain(tb.http.as_ref().and_then(local))
+        })
+        .chain(signal_listener.as_ref().and_then(local))
+        .chain(tls_listeners.listeners.iter().filter_map(|l| local(&l.listener)))
+        .chain(port80.iter().flat_map(|p| p.listeners.iter().filter_map(local)))
+        .chain(admin_listener.as_ref().and_then(local))
+        .collect();
+    if let Some(tb) = &turn {
+        tb.role
+            .control()
+            .set_policy(callbox_turn::peer_policy_for(config, &service_addrs));
+    }
     if run_signal && !run_turn && config.signal.turn_urls.is_empty() && config.signal.stun_urls.is_empty() {
         tracing::warn!(
             "the signal role runs without a turn role and signal.turn_urls is empty: ICE lists will be empty"
@@ -545,10 +568,7 @@ pub async fn serve(
         tls: tls.clone(),
         access: access_reload,
         turn: turn.as_ref().map(|tb| tb.role.control()),
-        turn_listeners: turn
-            .iter()
-            .flat_map(|tb| tb.udp.iter().chain(&tb.tls).copied())
-            .collect(),
+        turn_listeners: service_addrs,
     }
     .spawn();
     // The watchdog pings while every relay worker goes round its loop (and the runtime

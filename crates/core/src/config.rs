@@ -47,6 +47,10 @@ pub struct General {
     /// the listeners are full. The soft `RLIMIT_NOFILE` is raised to the hard limit at
     /// start; when the caps do not fit under it, the signal listener's cap is lowered.
     pub reserved_descriptors: u64,
+    /// History rows (allocations, sessions) kept in memory for a retry while the store
+    /// refuses writes (disk full, read-only, locked); beyond it the oldest are dropped
+    /// and counted.
+    pub history_backlog_rows: u64,
 }
 
 impl Default for General {
@@ -56,6 +60,7 @@ impl Default for General {
             log_level: "info".into(),
             log_format: LogFormat::Auto,
             reserved_descriptors: 256,
+            history_backlog_rows: 100_000,
         }
     }
 }

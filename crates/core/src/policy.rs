@@ -8,7 +8,7 @@
 //!    `iceTransportPolicy: "relay"`); a plain service of the host bound in the range is
 //!    not one and is refused;
 //! 3. the server's own addresses (and loopback) are refused on its service ports
-//!    (listeners, metrics), even where `allow` covers the address;
+//!    (every listener of the process, as bound), even where `allow` covers the address;
 //! 4. an address in `allow` is allowed;
 //! 5. the server's own addresses on any other port, and the default-denied ranges, are
 //!    refused;

@@ -78,6 +78,20 @@ impl CallboxProcess {
         )
     }
 
+    /// Like [`CallboxProcess::start`], run through `wrapper` (a command that ends by
+    /// exec-ing its arguments, such as `unshare -m -- sh -c '...; exec "$@"' sh`), so the
+    /// pid is callbox's.
+    pub fn start_wrapped(wrapper: &[&str], binary: &str, config: &str) -> CallboxProcess {
+        Self::spawn(
+            wrapper,
+            binary,
+            config,
+            &[],
+            &[],
+            tempfile::tempdir().expect("temp dir"),
+        )
+    }
+
     fn spawn(
         prefix: &[&str],
         binary: &str,

@@ -1,6 +1,10 @@
-//! A small blocking TURN client over UDP for tests, built on turn-proto's codec.
+//! A small blocking TURN client for tests, built on turn-proto's codec: over UDP, or over
+//! a TCP or TLS stream (RFC 8656 section 12 framing: STUN messages and ChannelData padded
+//! to four bytes).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use callbox_core::credentials::long_term_key;
@@ -24,10 +28,53 @@ impl Response {
     }
 }
 
+/// A byte stream to the server: a TCP connection or a TLS session over one.
+pub trait StreamIo: Read + Write + Send {}
+impl<T: Read + Write + Send> StreamIo for T {}
+
+/// The client's stream, when it talks over TCP or TLS.
+pub struct Stream(RefCell<Box<dyn StreamIo>>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+impl Stream {
+    fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut s = self.0.borrow_mut();
+        s.write_all(bytes)?;
+        s.flush()
+    }
+
+    /// The next STUN message or ChannelData frame (its padding read and dropped).
+    fn frame(&self) -> std::io::Result<Vec<u8>> {
+        let mut s = self.0.borrow_mut();
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head)?;
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let rest = if head[0] & 0xC0 == 0 {
+            16 + len
+        } else {
+            len.div_ceil(4) * 4
+        };
+        let mut frame = vec![0u8; 4 + rest];
+        frame[..4].copy_from_slice(&head);
+        s.read_exact(&mut frame[4..])?;
+        if head[0] & 0xC0 != 0 {
+            frame.truncate(4 + len);
+        }
+        Ok(frame)
+    }
+}
+
 /// One client 5-tuple talking to a TURN server.
 #[derive(Debug)]
 pub struct TurnClient {
+    /// The UDP socket (unused when the client talks over `stream`).
     pub sock: UdpSocket,
+    stream: Option<Stream>,
     pub server: SocketAddr,
     pub username: String,
     pub key: [u8; 16],
@@ -58,6 +105,7 @@ impl TurnClient {
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Self {
             sock,
+            stream: None,
             server,
             username: username.to_string(),
             key: long_term_key(username, realm, password),
@@ -67,7 +115,28 @@ impl TurnClient {
         }
     }
 
-    /// Sends one request and waits for its response (retransmitting twice).
+    /// A client over TCP to `server` (3 s read timeout).
+    pub fn tcp(server: SocketAddr, username: &str, password: &str, realm: &str) -> Self {
+        let tcp = TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("TCP connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = tcp.set_nodelay(true);
+        Self::over(Box::new(tcp), server, username, password, realm)
+    }
+
+    /// A client over an established stream (a TLS session, see [`crate::tls::connect`]).
+    pub fn over(
+        stream: Box<dyn StreamIo>,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+        realm: &str,
+    ) -> Self {
+        let mut c = Self::new(server, username, password, realm);
+        c.stream = Some(Stream(RefCell::new(stream)));
+        c
+    }
+
+    /// Sends one request and waits for its response (over UDP retransmitting twice).
     pub fn request(
         &mut self,
         m: u16,
@@ -88,27 +157,24 @@ impl TurnClient {
         }
         b.add_fingerprint();
         b.finish();
+        if let Some(stream) = &self.stream {
+            stream.send(&buf).ok()?;
+            loop {
+                let frame = stream.frame().ok()?;
+                if let Some((r, nonce)) = parse_answer(&frame, &tid) {
+                    self.nonce = nonce.or(self.nonce.take());
+                    return Some(r);
+                }
+            }
+        }
         let mut rbuf = [0u8; 2048];
         for _ in 0..3 {
             self.sock.send_to(&buf, self.server).ok()?;
             while let Ok((n, _)) = self.sock.recv_from(&mut rbuf) {
-                let Ok(msg) = Message::parse(&rbuf[..n]) else {
-                    continue;
-                };
-                if msg.transaction_id() != tid {
-                    continue;
+                if let Some((r, nonce)) = parse_answer(&rbuf[..n], &tid) {
+                    self.nonce = nonce.or(self.nonce.take());
+                    return Some(r);
                 }
-                let code = msg
-                    .get(attr::ERROR_CODE)
-                    .map(|v| u16::from(v[2] & 7) * 100 + u16::from(v[3]));
-                if let Ok(Some(nonce)) = msg.nonce() {
-                    self.nonce = Some(nonce.to_string());
-                }
-                return Some(Response {
-                    class: msg.class(),
-                    code,
-                    bytes: rbuf[..n].to_vec(),
-                });
             }
         }
         None
@@ -167,15 +233,52 @@ impl TurnClient {
         let mut v = channel.to_be_bytes().to_vec();
         v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
         v.extend_from_slice(payload);
+        if let Some(stream) = &self.stream {
+            // Over a stream, ChannelData is padded to a multiple of four bytes.
+            v.resize(v.len().div_ceil(4) * 4, 0);
+            stream.send(&v).expect("send");
+            return;
+        }
         self.sock.send_to(&v, self.server).expect("send");
     }
 
-    /// Receives one datagram from the server (ChannelData or an indication).
+    /// Sends an already encoded message (an indication, a crafted request) as is.
+    pub fn send_raw(&self, bytes: &[u8]) {
+        match &self.stream {
+            Some(stream) => stream.send(bytes).expect("send"),
+            None => {
+                self.sock.send_to(bytes, self.server).expect("send");
+            }
+        }
+    }
+
+    /// Receives one datagram or frame from the server (ChannelData or an indication).
     pub fn recv(&self) -> Option<Vec<u8>> {
+        if let Some(stream) = &self.stream {
+            return stream.frame().ok();
+        }
         let mut buf = [0u8; 2048];
         let (n, _) = self.sock.recv_from(&mut buf).ok()?;
         Some(buf[..n].to_vec())
     }
+}
+
+/// The response to transaction `tid` in `bytes`, and the NONCE it carries.
+fn parse_answer(bytes: &[u8], tid: &[u8; 12]) -> Option<(Response, Option<String>)> {
+    let msg = Message::parse(bytes).ok()?;
+    if msg.transaction_id() != *tid {
+        return None;
+    }
+    let code = msg
+        .get(attr::ERROR_CODE)
+        .map(|v| u16::from(v[2] & 7) * 100 + u16::from(v[3]));
+    let nonce = msg.nonce().ok().flatten().map(str::to_string);
+    let r = Response {
+        class: msg.class(),
+        code,
+        bytes: bytes.to_vec(),
+    };
+    Some((r, nonce))
 }
 
 fn rand_seed() -> u32 {
