@@ -4,8 +4,10 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # SECONDS_PER_TARGET defaults to 20; TARGETs default to every target in fuzz/Cargo.toml.
-# Seeds from fuzz/seeds/<target>/ are copied into fuzz/corpus/<target>/ (git-ignored, kept
-# between runs so coverage accumulates). A crash leaves its input in
+# Seeds from fuzz/seeds/<target>/ (written by make_seeds.py) and the minimized corpus of the
+# last campaign, fuzz/kept/<target>.tar.gz (scripts/fuzz-campaign.sh; crashes found earlier
+# among them), are copied into fuzz/corpus/<target>/ (git-ignored, kept between runs so coverage
+# accumulates); libFuzzer runs every one of them before it mutates. A crash leaves its input in
 # fuzz/artifacts/<target>/ and makes the script exit 1 after the other targets ran.
 #
 # Toolchain: cargo-fuzz passes nightly-only flags (-Zsanitizer=address and friends). Only
@@ -82,6 +84,9 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "$fuzz_dir/artifacts/$t"
     if [[ -d $fuzz_dir/seeds/$t ]]; then
         cp -n "$fuzz_dir/seeds/$t"/* "$corpus"/ 2>/dev/null || true
+    fi
+    if [[ -f $fuzz_dir/kept/$t.tar.gz ]]; then
+        tar -xzf "$fuzz_dir/kept/$t.tar.gz" -C "$corpus" --skip-old-files
     fi
     log=$log_dir/$t.log
     echo "== fuzzing $t for ${secs}s ($(find "$corpus" -type f | wc -l) corpus files; log $log)"

@@ -37,9 +37,9 @@ const WHOLE_APPLIANCE = [
   "resume_grace = 30",
 ];
 
-/** callbox with these config lines (and `serve` arguments), once it says it is ready. */
-function startCallbox(lines = WHOLE_APPLIANCE, args = []) {
-  const dir = mkdtempSync(join(tmpdir(), "callbox-browser-"));
+/** callbox with these config lines (and `serve` arguments), once it says it is ready;
+ * on the state directory `dir` when given (a restart), else a fresh one. */
+function startCallbox(lines = WHOLE_APPLIANCE, args = [], dir = mkdtempSync(join(tmpdir(), "callbox-browser-"))) {
   const config = join(dir, "callbox.toml");
   writeFileSync(config, [...lines, ""].join("\n"));
   return new Promise((resolveReady, reject) => {
@@ -55,7 +55,7 @@ function startCallbox(lines = WHOLE_APPLIANCE, args = []) {
       if (line) {
         clearTimeout(timer);
         const field = (k) => (line.match(new RegExp(`${k}=(\\S+)`)) || [])[1];
-        resolveReady({ child, signal: field("signal"), http: field("http"), udp: field("udp"), log: () => log });
+        resolveReady({ child, dir, signal: field("signal"), http: field("http"), udp: field("udp"), log: () => log });
       }
     };
     child.stdout.on("data", onData);
@@ -301,6 +301,50 @@ test("a cut signaling socket resumes, media keeps flowing, renegotiation still w
   p.close();
   await a.context.close();
   await b.context.close();
+});
+
+test("kill -9 of the whole process mid-call: after a restart both pages join again by themselves and media flows", async () => {
+  // Fixed ports: the pages reconnect to the same origin, as after a real crash and restart.
+  const lines = WHOLE_APPLIANCE.map((l) =>
+    l.startsWith("listen = [") ? 'listen = ["127.0.0.1:13678"]' : l.startsWith("listen = ") ? 'listen = "127.0.0.1:13680"' : l,
+  ).concat(["[admin]", 'listen = "127.0.0.1:0"']);
+  const first = await startCallbox(lines);
+  const a = await openPage(first.signal, "room=browser-crash&autojoin=1", "a");
+  const b = await openPage(first.signal, "room=browser-crash&autojoin=1", "b");
+  assert.ok(await mediaFlows(a.page), "media flows before the crash");
+  const before = await Promise.all([a, b].map((p) => p.page.evaluate(() => window.callbox.peerId)));
+  first.child.kill("SIGKILL");
+  await waitFor(() => b.page.evaluate(() => document.getElementById("status").textContent.includes("reconnecting")), "b noticed");
+  await shot(b.page, "10-crashed");
+  // Down for 3 s: the pages' reconnect attempts meanwhile find nothing listening, and
+  // must keep trying (they gave up on the first refused one before).
+  await new Promise((r) => setTimeout(r, 3000));
+  const second = await startCallbox(lines, [], first.dir);
+  try {
+    // The resume is refused (rooms lived in the dead process's memory): each page joins
+    // afresh, with a new peer id, and the call is set up again.
+    for (const [p, old] of [[a, before[0]], [b, before[1]]]) {
+      await waitFor(
+        () => p.page.evaluate((old) => window.callbox.peerId && window.callbox.peerId !== old && window.callbox.ws?.readyState === 1, old),
+        "joined again",
+      );
+    }
+    assert.ok(await mediaFlows(a.page), "media flows on a after the restart");
+    assert.ok(await mediaFlows(b.page), "media flows on b after the restart");
+    // Each page shows itself and the other's new peer: the old peers' tiles are gone.
+    for (const p of [a, b]) {
+      await waitFor(() => p.page.evaluate(() => document.querySelectorAll("#videos .tile").length === 2), "one remote tile");
+    }
+    await shot(a.page, "11-rejoined");
+    // What the pages logged as errors is the browser's own report of the refused
+    // connections while the server was down, nothing else.
+    const other = [...a.problems, ...b.problems].filter((m) => !/ERR_CONNECTION_REFUSED|\b410\b/.test(m));
+    assert.deepEqual(other, []);
+    await a.context.close();
+    await b.context.close();
+  } finally {
+    second.child.kill("SIGTERM");
+  }
 });
 
 test("a refused join says why", async () => {

@@ -307,6 +307,12 @@ export class CallboxClient extends EventTarget {
             this.connect().then(resolve, reject);
             return;
           }
+          if (why && this.attempt > 0 && (why.status === 0 || why.status >= 500)) {
+            // Reconnecting to a server that is down or restarting (unreachable, 502-504,
+            // 503 while its Redis is away): keep trying with backoff, not give up.
+            this.onClose(ev, reject);
+            return;
+          }
           if (why) {
             this.status("refused", `signaling refused: ${why.message || why.code} (${why.status})`);
             this.emit("closed", { code: why.status, reason: why.code });
@@ -320,8 +326,15 @@ export class CallboxClient extends EventTarget {
   }
 
   dropSession() {
-    for (const r of this.remotes.values()) r.close();
+    // The pages of these peers must go too: without the event a page kept their tiles
+    // (a black tile per old peer after a server restart). The map is emptied first, so
+    // a listener that walks it sees only what remains.
+    const gone = [...this.remotes];
     this.remotes.clear();
+    for (const [id, r] of gone) {
+      r.close();
+      this.emit("peer-left", { peerId: id, reason: "gone" });
+    }
     this.pendingMeta.clear();
     this.resumeToken = null;
     this.lastSeq = 0;
