@@ -8,7 +8,7 @@
 mod measurement;
 mod options;
 mod report;
-mod targets;
+pub(crate) mod targets;
 
 use std::process::Command;
 use std::time::Instant;

@@ -1,6 +1,7 @@
 //! Faults of the relay's own sends and ports: a send the kernel refuses (EPERM from an
 //! nftables drop, ENETUNREACH with no route) drops that packet, counts it and keeps the
-//! allocation; an exhausted relay port range answers 508 to new allocations, leaves the
+//! allocation (coturn, run through the same probe, is reported beside it); an exhausted
+//! relay port range answers 508 to new allocations, leaves the
 //! live ones alone, and recovers when a port frees.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -70,27 +71,46 @@ fn nft(script: &str) -> Result<(), String> {
         .ok_or_else(|| format!("nft -f failed on: {script}"))
 }
 
-pub fn send_fail(ctx: &Ctx) -> Figures {
-    let mut f = Figures::default();
-    let server = CallboxProcess::start(&ctx.bin, &appliance_config((25000, 25099), ""));
+/// What one TURN server did around sends the kernel refused.
+struct SendFail {
+    before: usize,
+    during: usize,
+    after: usize,
+    /// The allocation's Refresh afterwards (`None`: success, it is still there).
+    refresh: Option<u16>,
+    /// callbox's `callbox_turn_send_drops_total` grew by these (EPERM, ENETUNREACH).
+    drops: Option<(f64, f64)>,
+}
+
+/// One allocation with a channel to a UDP peer on 127.0.0.1 and one to an unreachable
+/// address: `burst` packets through the first, then the same while an nftables rule drops
+/// what the relay sends to the peer (EPERM) and through the second (ENETUNREACH), then the
+/// rule is gone and `burst` again. `drops` reads the server's drop counter, if it has one.
+fn send_fail_probe(
+    turn: SocketAddr,
+    secret: &str,
+    burst: usize,
+    drops: Option<&dyn Fn() -> f64>,
+) -> Result<SendFail, String> {
     let peer = Peer::new();
     // TEST-NET-2 (RFC 5737): public as far as the policy goes, and this namespace has no
     // route to it, so the kernel answers ENETUNREACH.
     let unreachable: SocketAddr = "198.51.100.7:9".parse().unwrap();
-    let mut c = client(&server, "sendfail");
-    f.check(c.allocate().code.is_none(), || "Allocate failed".into());
-    f.check(
-        c.create_permission(&[peer.addr(), unreachable]).code.is_none(),
-        || "CreatePermission failed".into(),
-    );
-    f.check(c.channel_bind(0x4000, peer.addr()).code.is_none(), || {
-        "ChannelBind failed".into()
-    });
-    f.check(c.channel_bind(0x4001, unreachable).code.is_none(), || {
-        "ChannelBind failed".into()
-    });
-    let burst = ctx.pick(100, 1000);
-    let send = |c: &TurnClient, ch: u16| {
+    let (u, p) = mint(&Secret::new(secret), "sendfail", unix_now(), 600);
+    let mut c = TurnClient::new(turn, &u, &p, "callbox");
+    let setup = [
+        ("Allocate", c.allocate().code),
+        (
+            "CreatePermission",
+            c.create_permission(&[peer.addr(), unreachable]).code,
+        ),
+        ("ChannelBind", c.channel_bind(0x4000, peer.addr()).code),
+        ("ChannelBind", c.channel_bind(0x4001, unreachable).code),
+    ];
+    if let Some((what, code)) = setup.iter().find(|(_, code)| code.is_some()) {
+        return Err(format!("{what} answered {code:?}"));
+    }
+    let send = |ch: u16| {
         for i in 0..burst {
             c.send_channel_data(ch, format!("packet {i}").as_bytes());
             if i % 50 == 49 {
@@ -98,53 +118,121 @@ pub fn send_fail(ctx: &Ctx) -> Figures {
             }
         }
     };
-    send(&c, 0x4000);
+    send(0x4000);
     let before = peer.count();
-    let drops0 = send_drops(&server);
-
-    // EPERM: an nftables rule drops what the relay sends to the peer's port.
+    let drops0 = drops.map(|d| d());
     let port = peer.addr().port();
-    let rule = format!(
+    nft(&format!(
         "table inet torture {{\n chain out {{\n  type filter hook output priority 0;\n  udp dport {port} drop\n }}\n}}\n"
-    );
-    if let Err(e) = nft(&rule) {
-        f.check(false, || e);
-        return f;
-    }
-    send(&c, 0x4000);
+    ))?;
+    send(0x4000);
     let during = peer.count();
-    let drops_eperm = wait_drops(&server, drops0 + burst as f64) - drops0;
-    // ENETUNREACH: no route.
-    send(&c, 0x4001);
-    let drops_unreach = wait_drops(&server, drops0 + 2.0 * burst as f64) - drops0 - drops_eperm;
-    let _ = nft("delete table inet torture");
-
-    // The same allocation and channel relay again.
-    send(&c, 0x4000);
+    let eperm = drops
+        .zip(drops0)
+        .map(|(d, d0)| wait_for(d, d0 + burst as f64) - d0);
+    send(0x4001);
+    let unreach = drops
+        .zip(drops0)
+        .zip(eperm)
+        .map(|((d, d0), e)| wait_for(d, d0 + e + burst as f64) - d0 - e);
+    nft("delete table inet torture")?;
+    send(0x4000);
     let after = peer.count();
     let refresh = c.refresh(600).code;
-    f.put("relayed_before", before);
-    f.put("relayed_while_refused", during);
-    f.put("drops_eperm", drops_eperm);
-    f.put("drops_enetunreach", drops_unreach);
-    f.put("relayed_after", after);
-    f.check(before == burst && after == burst, || {
-        format!("relayed {before} before and {after} after of {burst} each")
-    });
-    f.check(during == 0, || format!("{during} packets passed the drop rule"));
-    f.check(drops_eperm >= burst as f64 && drops_unreach >= burst as f64, || {
-        format!("send_drops grew by {drops_eperm} (EPERM) and {drops_unreach} (ENETUNREACH), {burst} each expected")
-    });
-    f.check(refresh.is_none(), || {
-        format!("the allocation is gone: Refresh answered {refresh:?}")
-    });
+    Ok(SendFail {
+        before,
+        during,
+        after,
+        refresh,
+        drops: eperm.zip(unreach),
+    })
+}
+
+/// callbox drops and counts a refused send and keeps the allocation; the same probe
+/// against coturn (Debian's `turnserver`) is reported beside it.
+pub fn send_fail(ctx: &Ctx) -> Figures {
+    let mut f = Figures::default();
+    let burst = ctx.pick(100, 1000);
+    let server = CallboxProcess::start(&ctx.bin, &appliance_config((25000, 25099), ""));
+    let drops = || send_drops(&server);
+    match send_fail_probe(server.udp_v4(), &server.secret(), burst, Some(&drops)) {
+        Ok(r) => {
+            let (eperm, unreach) = r.drops.unwrap_or_default();
+            f.put("relayed_before", r.before);
+            f.put("relayed_while_refused", r.during);
+            f.put("drops_eperm", eperm);
+            f.put("drops_enetunreach", unreach);
+            f.put("relayed_after", r.after);
+            f.put("refresh_after", r.refresh.map_or("ok".into(), |c| c.to_string()));
+            f.check(r.before == burst && r.after == burst, || {
+                format!(
+                    "relayed {} before and {} after of {burst} each",
+                    r.before, r.after
+                )
+            });
+            f.check(r.during == 0, || {
+                format!("{} packets passed the drop rule", r.during)
+            });
+            f.check(eperm >= burst as f64 && unreach >= burst as f64, || {
+                format!(
+                    "send_drops grew by {eperm} (EPERM) and {unreach} (ENETUNREACH), {burst} each expected"
+                )
+            });
+            f.check(r.refresh.is_none(), || {
+                format!("the allocation is gone: Refresh answered {:?}", r.refresh)
+            });
+        }
+        Err(e) => f.check(false, || format!("callbox: {e}")),
+    }
+    drop(server);
+    match coturn() {
+        Ok((_coturn, _dir, addr)) => match send_fail_probe(addr, COTURN_SECRET, burst, None) {
+            Ok(r) => {
+                f.put("coturn_relayed_before", r.before);
+                f.put("coturn_relayed_after", r.after);
+                f.put(
+                    "coturn_refresh_after",
+                    r.refresh.map_or("ok".into(), |c| c.to_string()),
+                );
+            }
+            Err(e) => f.put("coturn", format!("failed:{}", e.replace(' ', "_"))),
+        },
+        Err(e) => f.check(false, || e),
+    }
     f
 }
 
-fn wait_drops(server: &CallboxProcess, at_least: f64) -> f64 {
+const COTURN_SECRET: &str = "torture-coturn-secret";
+
+/// Debian's coturn on 127.0.0.1, the benchmark's flags plus its REST secret.
+/// Returns the process (killed when dropped), its directory and its address.
+fn coturn() -> Result<(test_support::Background, tempfile::TempDir, SocketAddr), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = 23490;
+    let mut cmd = Command::new("/usr/bin/turnserver");
+    cmd.args(crate::bench::targets::coturn_args(1))
+        .arg(format!("--static-auth-secret={COTURN_SECRET}"))
+        .arg(format!("--listening-port={port}"))
+        .arg(format!("--userdb={}", dir.path().join("turndb").display()))
+        .arg(format!(
+            "--pidfile={}",
+            dir.path().join("turnserver.pid").display()
+        ));
+    let child = test_support::Background::spawn(&mut cmd);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let SocketAddr::V4(v4) = addr else { unreachable!() };
+    if !wait_until(Duration::from_secs(10), || {
+        crate::bench::targets::binding_probe(v4)
+    }) {
+        return Err("coturn's turnserver did not answer a Binding within 10 s".into());
+    }
+    Ok((child, dir, addr))
+}
+
+fn wait_for(read: &dyn Fn() -> f64, at_least: f64) -> f64 {
     let mut v = 0.0;
     wait_until(Duration::from_secs(3), || {
-        v = send_drops(server);
+        v = read();
         v >= at_least
     });
     v
