@@ -1,6 +1,7 @@
 //! The live call that must keep going while a scenario runs: one relayed session by
-//! coturn's `turnutils_uclient` through callbox to coturn's `turnutils_peer` echo, and one
-//! signaling pair exchanging a message and its echo every 20 ms.
+//! coturn's `turnutils_uclient` through callbox to coturn's `turnutils_peer` echo (a packet
+//! every 20 ms), and one signaling pair exchanging a message and its echo every 50 ms (20
+//! a second from each side, well inside the default per-connection rate of 500 per 10 s).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -42,8 +43,10 @@ pub struct Live {
     _peer: Background,
 }
 
-/// Packets per second of the relayed session (uclient's `-z 20`).
+/// Milliseconds between the relayed session's packets (uclient's `-z 20`).
 const INTERVAL_MS: u64 = 20;
+/// Milliseconds between the signaling pair's round trips.
+const SIGNAL_INTERVAL_MS: u64 = 50;
 
 impl Live {
     /// Starts both for `length`: relay through `turn` (credentials from `secret`),
@@ -159,7 +162,7 @@ async fn signal_pair(addr: SocketAddr, length: Duration) -> Signaled {
         }
         out.echoed += 1;
         rtts.push(sent_at.elapsed().as_secs_f64() * 1000.0);
-        next += Duration::from_millis(INTERVAL_MS);
+        next += Duration::from_millis(SIGNAL_INTERVAL_MS);
         tokio::time::sleep_until(next.into()).await;
     }
     rtts.sort_by(f64::total_cmp);

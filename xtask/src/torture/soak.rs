@@ -52,6 +52,8 @@ pub fn run(ctx: &Ctx) -> Figures {
     };
     let peer = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     peer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // Room for a few seconds of traffic if this thread is not scheduled for a while.
+    crate::sys::set_buffers(&peer, 8 << 20);
     let peer_addr = peer.local_addr().unwrap();
     let metrics0 = server.http_get("/metrics").1;
     let counts = Arc::new(Counts::default());

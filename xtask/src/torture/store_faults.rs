@@ -163,6 +163,8 @@ pub fn run(ctx: &Ctx) -> Figures {
     );
 
     let db = state.join("callbox.db");
+    // Long enough for the admin write's busy timeout (2 s) and most of the churn.
+    let lock_hold = ctx.pick(Duration::from_millis(3000), Duration::from_millis(6000));
     let faults: Vec<Fault<'_>> = vec![
         (
             "disk_full",
@@ -177,7 +179,7 @@ pub fn run(ctx: &Ctx) -> Figures {
         ),
         (
             "locked",
-            Box::new(|_: &Store<'_>| hold_lock(pid, &db, Duration::from_millis(3000))),
+            Box::new(|_: &Store<'_>| hold_lock(pid, &db, lock_hold)),
             // The holder lets go by itself.
             Box::new(|_: &Store<'_>| std::thread::sleep(Duration::from_millis(1000))),
         ),
@@ -188,8 +190,9 @@ pub fn run(ctx: &Ctx) -> Figures {
             continue;
         }
         let t0 = Instant::now();
-        let churned = s.churn(per_fault);
+        // The admin write first: it must meet the fault (the churn can outlast a lock).
         let (status, code) = s.admin_write(name);
+        let churned = s.churn(per_fault);
         let relays = s.relays();
         // Let a few retries fail.
         std::thread::sleep(Duration::from_millis(1200));
