@@ -226,9 +226,16 @@ pub fn run(ctx: &Ctx) -> Figures {
     f.check(amplification <= 1.0, || {
         format!("the reflection reached the victim with {amplification:.2}x the attacker's bytes")
     });
-    let (_, _, slow_closed, slow_open) = t("slowloris").get();
+    let (slow_sent, slow_429, slow_closed, slow_open) = t("slowloris").get();
     f.check(slow_open == 0, || {
         format!("{slow_open} slowloris connections outlived the header timeout ({slow_closed} were closed)")
+    });
+    // 60 from each of 20 addresses against a cap of 50 per address: 200 refused at once.
+    f.check(slow_429 == slow_sent.saturating_sub(1000), || {
+        format!(
+            "{slow_429} of {slow_sent} slowloris connections got 429; {} expected",
+            slow_sent.saturating_sub(1000)
+        )
     });
     let (_, _, tls_closed, tls_open) = t("tls").get();
     f.check(tls_open == 0, || {
@@ -409,18 +416,42 @@ fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> 
     Ok(sock.into())
 }
 
-/// Connections that send a header byte a second and never finish, from 20 addresses;
-/// at the end, counts those the server closed (`refused`) and those still open (`other`).
+/// Connections that send a header byte a second and never finish: 1,200 from 20 addresses,
+/// 60 each, past `signal.max_connections_per_address` (50). Counts the connections the
+/// server refused with 429 (`answered`), those it closed otherwise, at the header timeout
+/// (`refused`), and those still open at the end (`other`).
 fn slowloris(signal: SocketAddr, stop: &AtomicBool, tally: &Tally) {
     let mut conns: Vec<Option<TcpStream>> = Vec::new();
-    for i in 0..1000u32 {
-        let source = Ipv4Addr::new(127, 0, 3, 1 + (i % 20) as u8);
+    // Address by address, so that each address's 51st connection comes right after its
+    // first 50 (well within the header timeout).
+    for i in 0..1200u32 {
+        let source = Ipv4Addr::new(127, 0, 3, 1 + (i / 60) as u8);
         if let Ok(s) = connect_from(source, signal) {
             let _ = s.set_nonblocking(true);
             conns.push(Some(s));
             tally.sent.fetch_add(1, Relaxed);
         }
     }
+    // What the server did with a connection: Some(true) answered 429, Some(false) closed
+    // (or reset) it, None still open.
+    let verdict = |s: &mut TcpStream| -> Option<bool> {
+        let mut probe = [0u8; 256];
+        match s.read(&mut probe) {
+            Ok(n) if n >= 12 && &probe[9..12] == b"429" => Some(true),
+            Ok(_) => Some(false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(_) => Some(false),
+        }
+    };
+    let settle = |c: &mut Option<TcpStream>| {
+        if let Some(s) = c
+            && let Some(answered) = verdict(s)
+        {
+            let counter = if answered { &tally.answered } else { &tally.refused };
+            counter.fetch_add(1, Relaxed);
+            *c = None;
+        }
+    };
     let mut next = Instant::now();
     let mut byte = 0usize;
     let line = b"GET /v1/signal?room=slow HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -428,14 +459,11 @@ fn slowloris(signal: SocketAddr, stop: &AtomicBool, tally: &Tally) {
         if Instant::now() >= next {
             next += Duration::from_secs(1);
             for c in conns.iter_mut() {
-                let gone = match c {
-                    Some(s) => {
-                        let mut probe = [0u8; 256];
-                        s.read(&mut probe).is_ok() || s.write_all(&line[byte % line.len()..][..1]).is_err()
-                    }
-                    None => false,
-                };
-                if gone {
+                settle(c);
+                if let Some(s) = c
+                    && s.write_all(&line[byte % line.len()..][..1]).is_err()
+                {
+                    tally.refused.fetch_add(1, Relaxed);
                     *c = None;
                 }
             }
@@ -445,18 +473,11 @@ fn slowloris(signal: SocketAddr, stop: &AtomicBool, tally: &Tally) {
     }
     // Give the header timeout (2 s) its chance for connections opened late.
     std::thread::sleep(Duration::from_millis(2500));
-    for c in conns.iter_mut().flatten() {
-        let mut probe = [0u8; 256];
-        let closed = c.read(&mut probe).is_ok()
-            || matches!(c.read(&mut probe), Err(ref e) if e.kind() != std::io::ErrorKind::WouldBlock);
-        if closed {
-            tally.refused.fetch_add(1, Relaxed);
-        } else {
-            tally.other.fetch_add(1, Relaxed);
-        }
+    for c in conns.iter_mut() {
+        settle(c);
     }
-    let never = conns.iter().filter(|c| c.is_none()).count() as u64;
-    tally.refused.fetch_add(never, Relaxed);
+    let open = conns.iter().filter(|c| c.is_some()).count() as u64;
+    tally.other.fetch_add(open, Relaxed);
 }
 
 /// TLS connections that send a partial ClientHello (or nothing) and stall, from 20
