@@ -255,6 +255,15 @@ impl CallboxProcess {
         )
     }
 
+    /// A TURN client over UDP with a REST credential for `user` minted from the process's
+    /// secret (10 minutes).
+    pub fn turn_client(&self, user: &str) -> TurnClient {
+        let secret = callbox_core::Secret::new(self.secret());
+        let now = callbox_core::time::unix_now();
+        let (u, p) = callbox_core::credentials::mint(&secret, user, now, 600);
+        TurnClient::new(self.udp_v4(), &u, &p, "callbox")
+    }
+
     pub fn udp_v4(&self) -> SocketAddr {
         *self.udp.iter().find(|a| a.is_ipv4()).expect("an IPv4 listener")
     }
@@ -441,6 +450,18 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The sum of every sample of a metric family (`name`, any labels) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The path of a coturn client tool. Panics (never skips) when it is missing, with the

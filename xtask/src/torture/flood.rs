@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use test_support::CallboxProcess;
 use test_support::tls::TestCa;
+use test_support::{CallboxProcess, metric_sum as sum};
 use turn_proto::stun::{Class, MessageBuilder, attr, method};
 
 use super::live::Live;
@@ -259,18 +259,6 @@ pub fn run(ctx: &Ctx) -> Figures {
         "callbox died".into()
     });
     f
-}
-
-/// The sum of every sample of a metric family in Prometheus text.
-pub fn sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn allocate_request(tid: u64) -> Vec<u8> {

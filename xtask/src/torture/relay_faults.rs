@@ -13,16 +13,16 @@ use callbox_core::credentials::mint;
 use callbox_core::time::unix_now;
 use test_support::{CallboxProcess, TurnClient};
 
-use super::flood::sum;
 use super::{Ctx, Figures, appliance_config, wait_until};
+use test_support::metric_sum as sum;
 
 /// A UDP peer on 127.0.0.1 that counts what it receives.
-struct Peer {
+pub(super) struct Peer {
     sock: UdpSocket,
 }
 
 impl Peer {
-    fn new() -> Peer {
+    pub(super) fn new() -> Peer {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind the peer");
         sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         // A whole burst waits in the buffer until it is counted.
@@ -30,12 +30,12 @@ impl Peer {
         Peer { sock }
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(super) fn addr(&self) -> SocketAddr {
         self.sock.local_addr().unwrap()
     }
 
     /// Datagrams received until 300 ms pass without one.
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         let mut buf = [0u8; 2048];
         let mut n = 0;
         while self.sock.recv(&mut buf).is_ok() {
@@ -43,11 +43,6 @@ impl Peer {
         }
         n
     }
-}
-
-fn client(server: &CallboxProcess, user: &str) -> TurnClient {
-    let (u, p) = mint(&Secret::new(server.secret()), user, unix_now(), 600);
-    TurnClient::new(server.udp_v4(), &u, &p, "callbox")
 }
 
 fn send_drops(server: &CallboxProcess) -> f64 {
@@ -250,7 +245,7 @@ pub fn ports_exhausted(ctx: &Ctx) -> Figures {
     let peer = Peer::new();
     let mut live = Vec::new();
     for i in 0..PORTS {
-        let mut c = client(&server, &format!("u{i}"));
+        let mut c = server.turn_client(&format!("u{i}"));
         let code = c.allocate().code;
         f.check(code.is_none(), || {
             format!("allocation {i} of {PORTS} failed with {code:?}")
@@ -259,7 +254,7 @@ pub fn ports_exhausted(ctx: &Ctx) -> Figures {
         c.channel_bind(0x4000, peer.addr());
         live.push(c);
     }
-    let mut extra = client(&server, "extra");
+    let mut extra = server.turn_client("extra");
     let full = extra.allocate().code;
     for c in &live {
         c.send_channel_data(0x4000, b"still here");
@@ -267,7 +262,7 @@ pub fn ports_exhausted(ctx: &Ctx) -> Figures {
     let relayed = peer.count();
     // One frees its port: a new allocation fits again.
     let freed = live[0].refresh(0).code;
-    let mut retry = client(&server, "retry");
+    let mut retry = server.turn_client("retry");
     let again = retry.allocate().code;
     f.put("ports", PORTS);
     f.put("answer_when_full", full.map_or("none".into(), |c| c.to_string()));

@@ -3,16 +3,14 @@
 //! credentials (the secret survives in the state directory); the signaling peers' resume
 //! is refused with 410 `resume-expired` (rooms live in memory) and they join afresh.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use callbox_core::Secret;
-use callbox_core::credentials::mint;
-use callbox_core::time::unix_now;
 use serde_json::json;
 use test_support::ws::WsClient;
 use test_support::{CallboxProcess, TurnClient};
 
+use super::relay_faults::Peer;
 use super::{Ctx, Figures};
 
 const TURN_PORT: u16 = 23478;
@@ -25,16 +23,11 @@ fn config() -> String {
     )
 }
 
-fn relayed(c: &mut TurnClient, peer: &UdpSocket, n: usize) -> usize {
+fn relayed(c: &mut TurnClient, peer: &Peer, n: usize) -> usize {
     for i in 0..n {
         c.send_channel_data(0x4000, format!("p{i}").as_bytes());
     }
-    let mut buf = [0u8; 512];
-    let mut got = 0;
-    while peer.recv(&mut buf).is_ok() {
-        got += 1;
-    }
-    got
+    peer.count()
 }
 
 pub fn run(ctx: &Ctx) -> Figures {
@@ -43,11 +36,9 @@ pub fn run(ctx: &Ctx) -> Figures {
     let rounds = ctx.pick(2, 10);
     let mut server = CallboxProcess::start_with(&ctx.bin, &config(), &[], &env);
     let signal: SocketAddr = SIGNAL.parse().unwrap();
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let (u, p) = mint(&Secret::new(server.secret()), "restart", unix_now(), 3600);
-    let mut c = TurnClient::new(server.udp_v4(), &u, &p, "callbox");
+    let peer = Peer::new();
+    let peer_addr = peer.addr();
+    let mut c = server.turn_client("restart");
     let setup = |c: &mut TurnClient| {
         c.allocate().code.is_none()
             && c.create_permission(&[peer_addr]).code.is_none()

@@ -17,9 +17,9 @@ use serde_json::json;
 use test_support::ws::WsClient;
 use test_support::{CallboxProcess, TurnClient};
 
-use super::flood::sum;
 use super::watch::{self, slope};
 use super::{Ctx, Figures, appliance_config};
+use test_support::metric_sum as sum;
 
 /// Signaling pairs, each doing a round trip every 100 ms and rejoining every 5 s.
 const PAIRS: usize = 10;

@@ -14,14 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callbox_core::Secret;
-use callbox_core::credentials::mint;
-use callbox_core::time::unix_now;
 use serde_json::json;
 use test_support::{CallboxProcess, TurnClient};
 
-use super::flood::sum;
 use super::{Ctx, Figures, appliance_config, wait_until};
+use test_support::metric_sum as sum;
 
 /// Mounts a 16 MiB ext4 image (no journal, no reserved blocks, `errors=remount-ro`) over
 /// the state directory (the argument after `--state-dir`) in a private mount namespace,
@@ -45,16 +42,11 @@ struct Store<'a> {
 }
 
 impl Store<'_> {
-    fn client(&self, user: &str) -> TurnClient {
-        let (u, p) = mint(&Secret::new(self.server.secret()), user, unix_now(), 600);
-        TurnClient::new(self.server.udp_v4(), &u, &p, "callbox")
-    }
-
     /// Allocations made and ended: each leaves a history row.
     fn churn(&mut self, n: u32) -> bool {
         (0..n).all(|_| {
             self.users += 1;
-            let mut c = self.client(&format!("store{}", self.users));
+            let mut c = self.server.turn_client(&format!("store{}", self.users));
             c.allocate().code.is_none() && c.refresh(0).code.is_none()
         })
     }
@@ -141,8 +133,7 @@ pub fn run(ctx: &Ctx) -> Figures {
     }
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let (u, p) = mint(&Secret::new(server.secret()), "live", unix_now(), 3600);
-    let mut live = TurnClient::new(server.udp_v4(), &u, &p, "callbox");
+    let mut live = server.turn_client("live");
     live.allocate();
     live.create_permission(&[peer.local_addr().unwrap()]);
     live.channel_bind(0x4000, peer.local_addr().unwrap());
